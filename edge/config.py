@@ -1,0 +1,243 @@
+"""config.yaml as validated pydantic models.
+
+Every field carries a description and bounds; unknown keys are refused so a typo never
+silently falls back to a default on a door lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+log = logging.getLogger(__name__)
+
+# The repository root: relative paths in config.yaml are resolved against the config file's
+# folder, and the default config lives here.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "config.yaml"
+
+
+class ConfigError(ValueError):
+    """config.yaml is missing, unreadable or invalid; the message names the key and reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelsConfig(_Strict):
+    manifest: Path = Field(
+        Path("models/manifest.yaml"),
+        description="Model manifest; relative paths resolve against the config file's folder.",
+    )
+    landmarker: str = Field(
+        "face_landmarker", min_length=1, description="Manifest id of the face-mesh model."
+    )
+    detector: str | None = Field(
+        "yunet",
+        description="Manifest id of the second face detector that cross-checks the mesh; "
+        "null disables it.",
+    )
+    embedder: str = Field("sface", min_length=1, description="Manifest id of the face embedder.")
+    mask_classifier: str = Field(
+        "mask_mobilenetv2",
+        min_length=1,
+        description="Manifest id of the mask / no-mask classifier.",
+    )
+
+
+class RuntimeConfig(_Strict):
+    providers: list[Literal["tensorrt", "cuda", "cpu"]] = Field(
+        ["tensorrt", "cuda", "cpu"],
+        min_length=1,
+        description="ONNX Runtime providers in order of preference; unavailable ones are skipped.",
+    )
+    threads: int = Field(2, ge=1, le=64, description="Intra-op threads per ONNX Runtime session.")
+    trt_cache_dir: Path = Field(
+        Path(".state/trt-cache"), description="Where the TensorRT provider caches built engines."
+    )
+    trt_fp16: bool = Field(True, description="Let the TensorRT provider build FP16 engines.")
+
+
+class LandmarksConfig(_Strict):
+    max_faces: int = Field(
+        3, ge=1, le=10, description="Faces the mesh looks for; the largest one is used."
+    )
+    min_detection_confidence: float = Field(
+        0.5, gt=0, lt=1, description="Face detector score floor."
+    )
+    min_presence_confidence: float = Field(
+        0.5, gt=0, lt=1, description="Mesh presence score floor."
+    )
+    max_disagreement: float = Field(
+        0.3,
+        gt=0,
+        le=5,
+        description="Mean distance between the mesh's and the detector's 5 points, in eye "
+        "distances, above which the mesh is taken as misfitted and the detector's points align.",
+    )
+
+
+class QualityConfig(_Strict):
+    min_face_px: int = Field(
+        64, ge=16, le=2000, description="Smallest accepted face width in pixels (mesh box)."
+    )
+    max_yaw_deg: float = Field(
+        35.0, gt=0, le=90, description="Largest accepted head turn left/right."
+    )
+    max_pitch_deg: float = Field(
+        30.0, gt=0, le=90, description="Largest accepted head tilt up/down."
+    )
+    min_sharpness: float = Field(
+        15.0,
+        ge=0,
+        le=10000,
+        description="Smallest accepted variance of the Laplacian of the aligned 112×112 face.",
+    )
+
+
+class MatchConfig(_Strict):
+    threshold_unmasked: float = Field(
+        0.40, ge=-1, le=1, description="Cosine similarity needed to accept an unmasked probe."
+    )
+    threshold_masked: float = Field(
+        0.40, ge=-1, le=1, description="Cosine similarity needed to accept a masked probe."
+    )
+    mask_probability: float = Field(
+        0.5, gt=0, lt=1, description="Mask probability above which a face counts as masked."
+    )
+
+
+class _CameraBase(_Strict):
+    width: int | None = Field(
+        None, ge=16, le=8192, description="Requested frame width (live sources)."
+    )
+    height: int | None = Field(
+        None, ge=16, le=8192, description="Requested frame height (live sources)."
+    )
+    reconnect_s: float = Field(
+        2.0, gt=0, le=300, description="Wait before reopening a live source that dropped."
+    )
+    stale_after_s: float = Field(
+        2.0, gt=0, le=300, description="A frame older than this is stale (watchdog, doctor)."
+    )
+
+
+class V4L2Camera(_CameraBase):
+    type: Literal["v4l2"] = "v4l2"
+    device: str | int = Field(0, description="/dev/videoN path or camera index.")
+    fps: int | None = Field(None, ge=1, le=240, description="Requested frame rate.")
+
+
+class GStreamerCamera(_CameraBase):
+    type: Literal["gstreamer"] = "gstreamer"
+    pipeline: str = Field(
+        ...,
+        min_length=1,
+        description="GStreamer pipeline ending in appsink (e.g. nvarguscamerasrc ... ! appsink).",
+    )
+
+
+class UrlCamera(_CameraBase):
+    type: Literal["url"] = "url"
+    url: SecretStr = Field(
+        ..., description="rtsp:// or http(s):// stream URL (may hold credentials)."
+    )
+
+
+class FileCamera(_CameraBase):
+    type: Literal["file"] = "file"
+    path: Path = Field(..., description="Video file, played once at its own frame rate.")
+    loop: bool = Field(False, description="Start again at the end instead of stopping.")
+    realtime: bool = Field(True, description="Pace frames at the file's frame rate.")
+
+
+class FolderCamera(_CameraBase):
+    type: Literal["folder"] = "folder"
+    path: Path = Field(..., description="Folder of images, played in name order.")
+    fps: float = Field(5.0, gt=0, le=240, description="Rate at which images are handed over.")
+    loop: bool = Field(False, description="Start again after the last image.")
+
+
+CameraConfig = Annotated[
+    V4L2Camera | GStreamerCamera | UrlCamera | FileCamera | FolderCamera,
+    Field(discriminator="type"),
+]
+
+
+class MqttConfig(_Strict):
+    host: str = Field(..., min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    username: str | None = Field(None, description="Broker user name.")
+    password: SecretStr | None = Field(None, description="Broker password (never logged).")
+    tls: bool = Field(False, description="Connect with TLS.")
+    connect_timeout_s: float = Field(5.0, gt=0, le=120, description="Connect timeout.")
+
+
+class Config(_Strict):
+    models: ModelsConfig = Field(default_factory=ModelsConfig, description="Which models to load.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Inference runtime.")
+    landmarks: LandmarksConfig = Field(default_factory=LandmarksConfig, description="Face mesh.")
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="Quality gates.")
+    match: MatchConfig = Field(default_factory=MatchConfig, description="Matching thresholds.")
+    camera: CameraConfig | None = Field(None, description="Frame source; none for photo-only use.")
+    mqtt: MqttConfig | None = Field(None, description="Broker; none disables MQTT.")
+
+    # Where the file was loaded from: relative paths resolve against it.
+    base_dir: Path = Field(
+        PROJECT_ROOT, exclude=True, description="Folder relative paths resolve against."
+    )
+
+    @model_validator(mode="after")
+    def _thresholds_sane(self) -> Config:
+        if self.match.threshold_masked > 0.95 or self.match.threshold_unmasked > 0.95:
+            log.warning("a match threshold above 0.95 will reject almost everyone")
+        return self
+
+    def resolve(self, path: Path) -> Path:
+        """A config path made absolute against the config file's folder."""
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as plain data with secrets masked, safe to log or print."""
+        return self.model_dump(mode="json")  # SecretStr dumps as '**********'
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: {err.error_count()} problem(s)"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config", base_dir: Path | None = None) -> Config:
+    """Validate already-parsed YAML; raise ConfigError naming each bad key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    if "base_dir" in data:
+        raise ConfigError(f"{source}: base_dir: Extra inputs are not permitted")
+    try:
+        return Config(**data, base_dir=base_dir or PROJECT_ROOT)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, source)) from None
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Load and validate config.yaml (the project's default when path is None)."""
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read config: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    return parse_config(data, source=str(p), base_dir=p.resolve().parent)

@@ -1,0 +1,122 @@
+"""Frame → face result: landmarks, quality gates, alignment, mask state, embedding.
+
+The door, enrollment, the CLI, evaluation and benchmarks all go through `Pipeline.process`, so
+their numbers describe what the door does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge.config import Config
+from edge.manifest import load_manifest, verify
+from edge.vision.align import align_face, mesh_box_crop
+from edge.vision.detector import YuNetDetector
+from edge.vision.embed import Embedder
+from edge.vision.landmarks import Landmarker
+from edge.vision.locate import FaceLocation, locate
+from edge.vision.mask import MaskClassifier
+from edge.vision.quality import FaceRejected, Quality, check_geometry, check_sharpness
+
+log = logging.getLogger(__name__)
+
+STAGES = ("landmarks", "align", "mask", "embed")
+
+
+@dataclass
+class FaceResult:
+    face: FaceLocation
+    aligned: np.ndarray  # 112×112 BGR
+    masked: bool
+    mask_prob: float
+    embedding: np.ndarray  # (dim,) float32, unit length
+    quality: Quality
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def face_dict(self) -> dict[str, int]:
+        x, y, w, h = self.face.box
+        return {"x": x, "y": y, "w": w, "h": h}
+
+
+class Pipeline:
+    """Loads the configured models once (verified against the manifest and warmed up)."""
+
+    def __init__(self, cfg: Config, video: bool = False) -> None:
+        self.cfg = cfg
+        manifest = load_manifest(cfg.resolve(cfg.models.manifest))
+        lm_entry = manifest.get(cfg.models.landmarker, "landmarks")
+        self.landmarker = Landmarker(
+            verify(manifest, lm_entry),
+            max_faces=cfg.landmarks.max_faces,
+            min_detection_confidence=cfg.landmarks.min_detection_confidence,
+            min_presence_confidence=cfg.landmarks.min_presence_confidence,
+            video=video,
+        )
+        self.detector = None
+        if cfg.models.detector:
+            det_entry = manifest.get(cfg.models.detector, "detector")
+            self.detector = YuNetDetector(verify(manifest, det_entry))
+        runtime = cfg.runtime.model_copy(
+            update={"trt_cache_dir": cfg.resolve(cfg.runtime.trt_cache_dir)}
+        )
+        self.embedder = Embedder(manifest, manifest.get(cfg.models.embedder, "embedder"), runtime)
+        self.mask = MaskClassifier(
+            manifest, manifest.get(cfg.models.mask_classifier, "mask_classifier"), runtime
+        )
+        self.landmarker.detect(np.zeros((64, 64, 3), np.uint8))  # warm-up
+        self.model_id = self.embedder.model_id
+
+    def close(self) -> None:
+        self.landmarker.close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def detect(self, image: np.ndarray, timestamp_ms: int | None = None) -> FaceLocation:
+        """The largest face, or FaceRejected(no_face)."""
+        if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
+            raise FaceRejected(FaceRejected.BAD_IMAGE, "not a 3-channel image")
+        face = locate(
+            image, self.landmarker, self.detector, self.cfg.landmarks.max_disagreement, timestamp_ms
+        )
+        if face is None:
+            raise FaceRejected(FaceRejected.NO_FACE, "no face found")
+        return face
+
+    def process(self, image: np.ndarray, timestamp_ms: int | None = None) -> FaceResult:
+        """Run the whole chain on the largest face; raises FaceRejected with a reason."""
+        t = {}
+        t0 = time.perf_counter()
+        face = self.detect(image, timestamp_ms)
+        check_geometry(face, self.cfg.quality)
+        t1 = time.perf_counter()
+        aligned = align_face(image, face.five)
+        sharp = check_sharpness(aligned, self.cfg.quality)
+        crop = mesh_box_crop(image, face.box)
+        t2 = time.perf_counter()
+        mask_prob = float(self.mask.mask_probability([crop])[0])
+        t3 = time.perf_counter()
+        emb = self.embedder.embed([aligned])[0]
+        t4 = time.perf_counter()
+        t = {
+            "landmarks": (t1 - t0) * 1e3,
+            "align": (t2 - t1) * 1e3,
+            "mask": (t3 - t2) * 1e3,
+            "embed": (t4 - t3) * 1e3,
+        }
+        return FaceResult(
+            face=face,
+            aligned=aligned,
+            masked=mask_prob >= self.cfg.match.mask_probability,
+            mask_prob=mask_prob,
+            embedding=emb,
+            quality=Quality(face.width, face.yaw, face.pitch, sharp),
+            timings_ms=t,
+        )

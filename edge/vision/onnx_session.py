@@ -1,0 +1,84 @@
+"""ONNX Runtime sessions on the best available provider, and manifest-driven preprocessing."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.config import RuntimeConfig
+from edge.manifest import InputSpec
+
+log = logging.getLogger(__name__)
+
+_PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def pick_providers(cfg: RuntimeConfig) -> list[str | tuple[str, dict]]:
+    """Configured providers in preference order, keeping only those this build has."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    chosen: list[str | tuple[str, dict]] = []
+    for key in cfg.providers:
+        name = _PROVIDERS[key]
+        if name not in available:
+            log.info("ONNX Runtime provider %s not available here; skipped", name)
+            continue
+        if key == "tensorrt":
+            cfg.trt_cache_dir.mkdir(parents=True, exist_ok=True)
+            chosen.append(
+                (
+                    name,
+                    {
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": str(cfg.trt_cache_dir),
+                        "trt_fp16_enable": cfg.trt_fp16,
+                    },
+                )
+            )
+        else:
+            chosen.append(name)
+    if not chosen:  # CPU always exists; never leave a door without a runtime
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def make_session(path: Path, cfg: RuntimeConfig):  # -> ort.InferenceSession
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg.threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning worker threads would steal the cores MediaPipe needs between inferences.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(path), so, providers=pick_providers(cfg))
+    log.info("loaded %s on %s", path.name, sess.get_providers()[0])
+    return sess
+
+
+def to_tensor(images_bgr: list[np.ndarray], spec: InputSpec) -> np.ndarray:
+    """Resize, reorder colour and normalise BGR uint8 crops as the manifest says."""
+    w, h = spec.size
+    batch = []
+    for img in images_bgr:
+        if img.shape[1] != w or img.shape[0] != h:
+            shrink = img.shape[1] > w or img.shape[0] > h
+            img = cv2.resize(
+                img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+            )
+        if spec.color == "RGB":
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        batch.append(img)
+    x = np.stack(batch).astype(np.float32)
+    x = (x - np.array(spec.mean, np.float32)) / np.array(spec.std, np.float32)
+    if spec.layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x)

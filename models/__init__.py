@@ -1,0 +1,1 @@
+"""MaskGate model artefacts, their manifest, and the code that provisions or trains them."""
