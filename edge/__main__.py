@@ -13,13 +13,13 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import sys  # noqa: E402
+import argparse
+import logging
+import sys
 
 from edge import __version__
-from edge.commands import COMMANDS  # noqa: E402
-from edge.commands.common import CommandError  # noqa: E402
+from edge.commands import COMMANDS
+from edge.commands.common import CommandError
 
 
 def build_parser() -> argparse.ArgumentParser:

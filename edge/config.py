@@ -11,7 +11,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +36,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
+    # Numbers and switches are Strict* types: YAML `threads: true` or `"2"` is an error, not 1 or 2.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -56,24 +67,26 @@ class RuntimeConfig(_Strict):
         min_length=1,
         description="ONNX Runtime providers in order of preference; unavailable ones are skipped.",
     )
-    threads: int = Field(2, ge=1, le=64, description="Intra-op threads per ONNX Runtime session.")
+    threads: StrictInt = Field(
+        2, ge=1, le=64, description="Intra-op threads per ONNX Runtime session."
+    )
     trt_cache_dir: Path = Field(
         Path(".state/trt-cache"), description="Where the TensorRT provider caches built engines."
     )
-    trt_fp16: bool = Field(True, description="Let the TensorRT provider build FP16 engines.")
+    trt_fp16: StrictBool = Field(True, description="Let the TensorRT provider build FP16 engines.")
 
 
 class LandmarksConfig(_Strict):
-    max_faces: int = Field(
+    max_faces: StrictInt = Field(
         3, ge=1, le=10, description="Faces the mesh looks for; the largest one is used."
     )
-    min_detection_confidence: float = Field(
+    min_detection_confidence: StrictFloat = Field(
         0.5, gt=0, lt=1, description="Face detector score floor."
     )
-    min_presence_confidence: float = Field(
+    min_presence_confidence: StrictFloat = Field(
         0.5, gt=0, lt=1, description="Mesh presence score floor."
     )
-    max_disagreement: float = Field(
+    max_disagreement: StrictFloat = Field(
         0.3,
         gt=0,
         le=5,
@@ -83,16 +96,16 @@ class LandmarksConfig(_Strict):
 
 
 class QualityConfig(_Strict):
-    min_face_px: int = Field(
+    min_face_px: StrictInt = Field(
         64, ge=16, le=2000, description="Smallest accepted face width in pixels (mesh box)."
     )
-    max_yaw_deg: float = Field(
+    max_yaw_deg: StrictFloat = Field(
         35.0, gt=0, le=90, description="Largest accepted head turn left/right."
     )
-    max_pitch_deg: float = Field(
+    max_pitch_deg: StrictFloat = Field(
         30.0, gt=0, le=90, description="Largest accepted head tilt up/down."
     )
-    min_sharpness: float = Field(
+    min_sharpness: StrictFloat = Field(
         15.0,
         ge=0,
         le=10000,
@@ -101,36 +114,36 @@ class QualityConfig(_Strict):
 
 
 class MatchConfig(_Strict):
-    threshold_unmasked: float = Field(
+    threshold_unmasked: StrictFloat = Field(
         0.40, ge=-1, le=1, description="Cosine similarity needed to accept an unmasked probe."
     )
-    threshold_masked: float = Field(
+    threshold_masked: StrictFloat = Field(
         0.40, ge=-1, le=1, description="Cosine similarity needed to accept a masked probe."
     )
-    mask_probability: float = Field(
+    mask_probability: StrictFloat = Field(
         0.5, gt=0, lt=1, description="Mask probability above which a face counts as masked."
     )
 
 
 class _CameraBase(_Strict):
-    width: int | None = Field(
+    width: StrictInt | None = Field(
         None, ge=16, le=8192, description="Requested frame width (live sources)."
     )
-    height: int | None = Field(
+    height: StrictInt | None = Field(
         None, ge=16, le=8192, description="Requested frame height (live sources)."
     )
-    reconnect_s: float = Field(
+    reconnect_s: StrictFloat = Field(
         2.0, gt=0, le=300, description="Wait before reopening a live source that dropped."
     )
-    stale_after_s: float = Field(
+    stale_after_s: StrictFloat = Field(
         2.0, gt=0, le=300, description="A frame older than this is stale (watchdog, doctor)."
     )
 
 
 class V4L2Camera(_CameraBase):
     type: Literal["v4l2"] = "v4l2"
-    device: str | int = Field(0, description="/dev/videoN path or camera index.")
-    fps: int | None = Field(None, ge=1, le=240, description="Requested frame rate.")
+    device: str | StrictInt = Field(0, description="/dev/videoN path or camera index.")
+    fps: StrictInt | None = Field(None, ge=1, le=240, description="Requested frame rate.")
 
 
 class GStreamerCamera(_CameraBase):
@@ -152,15 +165,15 @@ class UrlCamera(_CameraBase):
 class FileCamera(_CameraBase):
     type: Literal["file"] = "file"
     path: Path = Field(..., description="Video file, played once at its own frame rate.")
-    loop: bool = Field(False, description="Start again at the end instead of stopping.")
-    realtime: bool = Field(True, description="Pace frames at the file's frame rate.")
+    loop: StrictBool = Field(False, description="Start again at the end instead of stopping.")
+    realtime: StrictBool = Field(True, description="Pace frames at the file's frame rate.")
 
 
 class FolderCamera(_CameraBase):
     type: Literal["folder"] = "folder"
     path: Path = Field(..., description="Folder of images, played in name order.")
-    fps: float = Field(5.0, gt=0, le=240, description="Rate at which images are handed over.")
-    loop: bool = Field(False, description="Start again after the last image.")
+    fps: StrictFloat = Field(5.0, gt=0, le=240, description="Rate at which images are handed over.")
+    loop: StrictBool = Field(False, description="Start again after the last image.")
 
 
 CameraConfig = Annotated[
@@ -171,11 +184,11 @@ CameraConfig = Annotated[
 
 class MqttConfig(_Strict):
     host: str = Field(..., min_length=1, description="Broker host name or address.")
-    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    port: StrictInt = Field(1883, ge=1, le=65535, description="Broker port.")
     username: str | None = Field(None, description="Broker user name.")
     password: SecretStr | None = Field(None, description="Broker password (never logged).")
-    tls: bool = Field(False, description="Connect with TLS.")
-    connect_timeout_s: float = Field(5.0, gt=0, le=120, description="Connect timeout.")
+    tls: StrictBool = Field(False, description="Connect with TLS.")
+    connect_timeout_s: StrictFloat = Field(5.0, gt=0, le=120, description="Connect timeout.")
 
 
 class Config(_Strict):
@@ -223,6 +236,11 @@ def parse_config(data: Any, source: str = "config", base_dir: Path | None = None
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
     if "base_dir" in data:
         raise ConfigError(f"{source}: base_dir: Extra inputs are not permitted")
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise ConfigError(
+            f"{source}: {bad_keys[0]!r}: keys must be names, not {type(bad_keys[0]).__name__}"
+        )
     try:
         return Config(**data, base_dir=base_dir or PROJECT_ROOT)
     except ValidationError as err:
@@ -236,6 +254,10 @@ def load_config(path: Path | str | None = None) -> Config:
         text = p.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{p}: cannot read config: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte {err.start}): is this the config file?"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

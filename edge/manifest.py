@@ -111,11 +111,18 @@ def load_manifest(path: Path) -> Manifest:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ManifestError(f"{path}: cannot read model manifest: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
         raise ManifestError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict):
         raise ManifestError(f"{path}: expected a mapping with a 'models' mapping")
-    models = {mid: {**(spec or {}), "id": mid} for mid, spec in raw["models"].items()}
+    for mid, spec in raw["models"].items():
+        if not isinstance(spec, dict):
+            raise ManifestError(
+                f"{path}: models.{mid}: expected a mapping, got {type(spec).__name__}"
+            )
+    models = {str(mid): {**spec, "id": str(mid)} for mid, spec in raw["models"].items()}
     try:
         return Manifest(root=path.resolve().parent, models=models)
     except ValidationError as err:

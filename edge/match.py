@@ -46,7 +46,15 @@ class Gallery:
         return len(self.labels)
 
     def add(self, label: str, embeddings: np.ndarray) -> None:
-        e = np.asarray(embeddings, np.float32).reshape(-1, self.dim)
+        """Add one (dim,) vector or an (N, dim) block of templates for `label`."""
+        e = np.asarray(embeddings, np.float32)
+        if e.ndim == 1:
+            e = e[None]
+        if e.ndim != 2 or e.shape[1] != self.dim:
+            raise ValueError(
+                f"templates for {label!r} have shape {e.shape}: the gallery holds "
+                f"{self.dim}-dimension embeddings"
+            )
         e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         self._m = np.ascontiguousarray(np.vstack([self._m, e]))
         self.labels.extend([label] * len(e))

@@ -81,8 +81,13 @@ class Pipeline:
 
     def detect(self, image: np.ndarray, timestamp_ms: int | None = None) -> FaceLocation:
         """The largest face, or FaceRejected(no_face)."""
-        if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
-            raise FaceRejected(FaceRejected.BAD_IMAGE, "not a 3-channel image")
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            kind = getattr(image, "dtype", type(image).__name__)
+            raise FaceRejected(FaceRejected.BAD_IMAGE, f"expected an 8-bit BGR image, got {kind}")
+        if image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
+            raise FaceRejected(
+                FaceRejected.BAD_IMAGE, f"expected H×W×3 BGR, got shape {image.shape}"
+            )
         face = locate(
             image, self.landmarker, self.detector, self.cfg.landmarks.max_disagreement, timestamp_ms
         )

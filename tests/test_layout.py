@@ -1,0 +1,40 @@
+"""Dependency rules of the house, checked on the real import graph."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import edge
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_edge_never_imports_torch() -> None:
+    # Import every edge module in a fresh interpreter, then look at what got loaded.
+    modules = [m.name for m in pkgutil.walk_packages(edge.__path__, "edge.")]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "bad = sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.'))\n"
+        "print(len(sys.modules)); sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr or "torch was imported by edge/"
+    assert len(modules) > 20
+
+
+def test_vision_knows_nothing_of_mqtt_or_relays() -> None:
+    for path in (REPO_ROOT / "edge" / "vision").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for word in ("paho", "edge.mqtt", "edge.relay", "edge.store", "gpiod"):
+            assert word not in text, f"{path.name} mentions {word}"
+
+
+def test_console_script_is_declared() -> None:
+    text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'maskgate = "edge.__main__:main"' in text
