@@ -188,7 +188,140 @@ class MqttConfig(_Strict):
     username: str | None = Field(None, description="Broker user name.")
     password: SecretStr | None = Field(None, description="Broker password (never logged).")
     tls: StrictBool = Field(False, description="Connect with TLS.")
+    ca_file: Path | None = Field(None, description="CA bundle for TLS (system CAs when unset).")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    key_file: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    client_id: str | None = Field(
+        None, description="MQTT client id (default: maskgate-<device_id>)."
+    )
+    prefix: str = Field(
+        "maskgate", min_length=1, pattern=r"^[^#+\s]+$", description="Topic prefix (no wildcards)."
+    )
+    device_id: str = Field(
+        "door1",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="This door's id; all topics live under <prefix>/<device_id>/.",
+    )
+    keepalive_s: StrictInt = Field(30, ge=5, le=3600, description="MQTT keepalive.")
     connect_timeout_s: StrictFloat = Field(5.0, gt=0, le=120, description="Connect timeout.")
+    snapshot: StrictBool = Field(False, description="Publish a JPEG snapshot with each decision.")
+    discovery: StrictBool = Field(True, description="Publish Home Assistant MQTT discovery.")
+    discovery_prefix: str = Field("homeassistant", min_length=1, description="HA discovery prefix.")
+
+
+class SecurityConfig(_Strict):
+    trusted_keys: list[str] = Field(
+        [],
+        description="Ed25519 public keys (base64 of the 32 raw bytes) whose signed commands "
+        "(enroll, delete, sync, unlock) are obeyed.",
+    )
+    max_validity_s: StrictFloat = Field(
+        30.0, gt=0, le=3600, description="Longest a signed request may stay valid (exp - iat)."
+    )
+    clock_skew_s: StrictFloat = Field(
+        5.0, ge=0, le=300, description="Tolerated clock difference with the signer."
+    )
+    insecure_local_dev: StrictBool = Field(
+        False,
+        description="Accept unsigned commands. For a lab bench only: logged loudly at start.",
+    )
+
+
+class StoreConfig(_Strict):
+    path: Path = Field(
+        Path("templates.db"), description="SQLite template store (relative: in state_dir)."
+    )
+    key_file: Path = Field(
+        Path("template.key"),
+        description="AES-256 key for templates at rest (0600; created on first start; relative: "
+        "in state_dir). A systemd "
+        "credential named `credential` takes precedence when present.",
+    )
+    credential: str = Field(
+        "maskgate-template-key", min_length=1, description="systemd credential name of the key."
+    )
+    keep_crops: StrictBool = Field(
+        True,
+        description="Keep encrypted aligned crops of enrolled photos, so templates can be "
+        "re-computed when the embedder changes.",
+    )
+
+
+class LivenessConfig(_Strict):
+    enabled: StrictBool = Field(True, description="Require a blink or a head movement.")
+    window_s: StrictFloat = Field(
+        4.0, gt=0, le=60, description="How far back a blink or movement counts."
+    )
+    blink_ratio: StrictFloat = Field(
+        0.6,
+        gt=0,
+        lt=1,
+        description="An eye-aspect ratio below this fraction of the face's open-eye ratio "
+        "counts as closed.",
+    )
+    min_yaw_change_deg: StrictFloat = Field(
+        8.0, gt=0, le=90, description="Head turn (yaw range in the window) that counts as movement."
+    )
+
+
+class DecisionConfig(_Strict):
+    k: StrictInt = Field(3, ge=1, le=50, description="Matching frames needed ...")
+    n: StrictInt = Field(
+        5, ge=1, le=100, description="... among the last n frames of the same face."
+    )
+    cooldown_s: StrictFloat = Field(
+        10.0, ge=0, le=3600, description="No second unlock for the same person within this time."
+    )
+    lockout_after: StrictInt = Field(
+        5, ge=1, le=100, description="Failed good-quality attempts before a lockout."
+    )
+    lockout_s: StrictFloat = Field(30.0, gt=0, le=86400, description="First lockout length.")
+    lockout_max_s: StrictFloat = Field(
+        900.0, gt=0, le=86400, description="Longest lockout (each lockout doubles up to this)."
+    )
+    attempt_gap_s: StrictFloat = Field(
+        3.0,
+        gt=0,
+        le=600,
+        description="A face absent this long ends an attempt (a failed one counts once).",
+    )
+    active_fps: StrictFloat = Field(
+        15.0, gt=0, le=120, description="Full-chain rate while a face is present."
+    )
+    idle_fps: StrictFloat = Field(
+        3.0, gt=0, le=120, description="Landmarks-only rate while nobody is there."
+    )
+
+
+class DoorContactConfig(_Strict):
+    line: StrictInt = Field(..., ge=0, le=1023, description="GPIO line of the door contact.")
+    active_low: StrictBool = Field(True, description="Contact closed (door shut) reads low.")
+    debounce_ms: StrictInt = Field(50, ge=0, le=5000, description="Debounce period.")
+
+
+class RelayConfig(_Strict):
+    type: Literal["mock", "gpiod"] = Field("mock", description="Relay backend.")
+    chip: str = Field("/dev/gpiochip0", min_length=1, description="GPIO chip (gpiod).")
+    line: StrictInt = Field(17, ge=0, le=1023, description="GPIO line driving the lock relay.")
+    active_low: StrictBool = Field(False, description="The relay energises on a low level.")
+    pulse_s: StrictFloat = Field(3.0, gt=0, le=60, description="How long the door stays unlocked.")
+    door_contact: DoorContactConfig | None = Field(None, description="Optional door contact input.")
+    mock_log: Path | None = Field(
+        None, description="Mock relay: append each edge (time, level) to this JSON-lines file."
+    )
+
+
+class DaemonConfig(_Strict):
+    state_dir: Path = Field(
+        Path(".state"),
+        description="Writable state (StateDirectory= under systemd); relative store paths and "
+        "the event outbox live here.",
+    )
+    frame_stale_s: StrictFloat = Field(
+        3.0, gt=0, le=300, description="Frames older than this stop the watchdog pings."
+    )
 
 
 class Config(_Strict):
@@ -199,6 +332,14 @@ class Config(_Strict):
     match: MatchConfig = Field(default_factory=MatchConfig, description="Matching thresholds.")
     camera: CameraConfig | None = Field(None, description="Frame source; none for photo-only use.")
     mqtt: MqttConfig | None = Field(None, description="Broker; none disables MQTT.")
+    security: SecurityConfig = Field(
+        default_factory=SecurityConfig, description="Who may command this door."
+    )
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Template store.")
+    decision: DecisionConfig = Field(default_factory=DecisionConfig, description="Unlock policy.")
+    liveness: LivenessConfig = Field(default_factory=LivenessConfig, description="Liveness.")
+    relay: RelayConfig = Field(default_factory=RelayConfig, description="Door-lock relay.")
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig, description="Service settings.")
 
     # Where the file was loaded from: relative paths resolve against it.
     base_dir: Path = Field(
@@ -209,11 +350,21 @@ class Config(_Strict):
     def _thresholds_sane(self) -> Config:
         if self.match.threshold_masked > 0.95 or self.match.threshold_unmasked > 0.95:
             log.warning("a match threshold above 0.95 will reject almost everyone")
+        if self.decision.k > self.decision.n:
+            raise ValueError(
+                f"decision.k ({self.decision.k}) cannot exceed decision.n ({self.decision.n})"
+            )
+        if self.decision.lockout_max_s < self.decision.lockout_s:
+            raise ValueError("decision.lockout_max_s must be at least decision.lockout_s")
         return self
 
     def resolve(self, path: Path) -> Path:
         """A config path made absolute against the config file's folder."""
         return path if path.is_absolute() else (self.base_dir / path)
+
+    def state_path(self, path: Path) -> Path:
+        """A state file's path: relative paths live in daemon.state_dir."""
+        return path if path.is_absolute() else (self.resolve(self.daemon.state_dir) / path)
 
     def redacted(self) -> dict[str, Any]:
         """The config as plain data with secrets masked, safe to log or print."""
