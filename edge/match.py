@@ -42,6 +42,21 @@ class Gallery:
         self._m = np.zeros((0, dim), np.float32)
         self.labels: list[str] = []
 
+    @classmethod
+    def from_blocks(cls, dim: int, blocks: list[tuple[str, np.ndarray]]) -> Gallery:
+        """Build in one copy from (label, (N, dim) templates) blocks: add() re-copies per call."""
+        g = cls(dim)
+        mats = [np.asarray(b, np.float32).reshape(-1, dim) for _, b in blocks]
+        if mats:
+            m = np.vstack(mats)
+            g._m = np.ascontiguousarray(
+                m / np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
+            )
+            g.labels = [
+                label for (label, _), b in zip(blocks, mats, strict=True) for _ in range(len(b))
+            ]
+        return g
+
     def __len__(self) -> int:
         return len(self.labels)
 

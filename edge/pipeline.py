@@ -7,6 +7,7 @@ their numbers describe what the door does.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -49,13 +50,12 @@ class Pipeline:
         self.cfg = cfg
         manifest = load_manifest(cfg.resolve(cfg.models.manifest))
         lm_entry = manifest.get(cfg.models.landmarker, "landmarks")
-        self.landmarker = Landmarker(
-            verify(manifest, lm_entry),
-            max_faces=cfg.landmarks.max_faces,
-            min_detection_confidence=cfg.landmarks.min_detection_confidence,
-            min_presence_confidence=cfg.landmarks.min_presence_confidence,
-            video=video,
-        )
+        self._task_file = verify(manifest, lm_entry)
+        self.landmarker = self._make_landmarker(video)
+        # Still photos (enrollment while the door runs) get their own image-mode mesh, so they
+        # never disturb the video-mode tracking of the camera stream.
+        self._still: Landmarker | None = None if video else self.landmarker
+        self._still_lock = threading.Lock()
         self.detector = None
         if cfg.models.detector:
             det_entry = manifest.get(cfg.models.detector, "detector")
@@ -70,8 +70,20 @@ class Pipeline:
         self.landmarker.detect(np.zeros((64, 64, 3), np.uint8))  # warm-up
         self.model_id = self.embedder.model_id
 
+    def _make_landmarker(self, video: bool) -> Landmarker:
+        lm = self.cfg.landmarks
+        return Landmarker(
+            self._task_file,
+            max_faces=lm.max_faces,
+            min_detection_confidence=lm.min_detection_confidence,
+            min_presence_confidence=lm.min_presence_confidence,
+            video=video,
+        )
+
     def close(self) -> None:
         self.landmarker.close()
+        if self._still is not None and self._still is not self.landmarker:
+            self._still.close()
 
     def __enter__(self) -> Pipeline:
         return self
@@ -79,8 +91,10 @@ class Pipeline:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def detect(self, image: np.ndarray, timestamp_ms: int | None = None) -> FaceLocation:
-        """The largest face, or FaceRejected(no_face)."""
+    def detect(
+        self, image: np.ndarray, timestamp_ms: int | None = None, still: bool = False
+    ) -> FaceLocation:
+        """The largest face, or FaceRejected(no_face). `still` uses the image-mode mesh."""
         if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
             kind = getattr(image, "dtype", type(image).__name__)
             raise FaceRejected(FaceRejected.BAD_IMAGE, f"expected an 8-bit BGR image, got {kind}")
@@ -88,18 +102,24 @@ class Pipeline:
             raise FaceRejected(
                 FaceRejected.BAD_IMAGE, f"expected H×W×3 BGR, got shape {image.shape}"
             )
-        face = locate(
-            image, self.landmarker, self.detector, self.cfg.landmarks.max_disagreement, timestamp_ms
-        )
+        gap = self.cfg.landmarks.max_disagreement
+        if still and self.landmarker.video:
+            with self._still_lock:  # one still photo at a time (enrollment requests)
+                if self._still is None:
+                    self._still = self._make_landmarker(video=False)
+                face = locate(image, self._still, self.detector, gap)
+        else:
+            face = locate(image, self.landmarker, self.detector, gap, timestamp_ms)
         if face is None:
             raise FaceRejected(FaceRejected.NO_FACE, "no face found")
         return face
 
-    def process(self, image: np.ndarray, timestamp_ms: int | None = None) -> FaceResult:
+    def process(
+        self, image: np.ndarray, timestamp_ms: int | None = None, still: bool = False
+    ) -> FaceResult:
         """Run the whole chain on the largest face; raises FaceRejected with a reason."""
-        t = {}
         t0 = time.perf_counter()
-        face = self.detect(image, timestamp_ms)
+        face = self.detect(image, timestamp_ms, still)
         check_geometry(face, self.cfg.quality)
         t1 = time.perf_counter()
         aligned = align_face(image, face.five)

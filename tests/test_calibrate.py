@@ -61,8 +61,10 @@ def test_empirical_threshold_when_enough_impostors() -> None:
 def test_tail_fit_tracks_the_true_quantile_with_few_impostors() -> None:
     sigma, far = 0.1, 1e-3
     true = sigma * NormalDist().inv_cdf(1 - far)
-    estimates = [cal.threshold_for_far(np.random.default_rng(s).normal(0, sigma, 3000), far)
-                 for s in range(20)]
+    estimates = [
+        cal.threshold_for_far(np.random.default_rng(s).normal(0, sigma, 3000), far)
+        for s in range(20)
+    ]
     assert all(e["method"] == "exponential-tail" for e in estimates)
     assert np.mean([e["threshold"] for e in estimates]) == pytest.approx(true, abs=0.01)
 
@@ -90,8 +92,9 @@ def test_failed_impostor_pairs_do_not_move_the_threshold() -> None:
     failed[np.flatnonzero(~genuine)[:5]] = -np.inf
     kept = ~np.isin(np.arange(len(scores)), np.flatnonzero(~genuine)[:5])
     with_failures = cal.choose_threshold(failed, id_a, id_b, genuine, 1e-2, n_boot=100)
-    without = cal.choose_threshold(scores[kept], id_a[kept], id_b[kept], genuine[kept], 1e-2,
-                                   n_boot=100)
+    without = cal.choose_threshold(
+        scores[kept], id_a[kept], id_b[kept], genuine[kept], 1e-2, n_boot=100
+    )
     assert with_failures["impostor_pairs_failed"] == 5
     assert with_failures["threshold"] == without["threshold"]
     assert base["impostor_pairs_failed"] == 0
@@ -126,8 +129,9 @@ def test_cross_validation_is_fast_enough() -> None:
 
 def test_calibrate_combines_and_serialises() -> None:
     scores, id_a, id_b, genuine = _synthetic(n_ids=20)
-    r = cal.calibrate(scores, id_a, id_b, genuine, 1e-3, protocol="all", n_boot=200, repeats=2,
-                      cv_n_boot=50)
+    r = cal.calibrate(
+        scores, id_a, id_b, genuine, 1e-3, protocol="all", n_boot=200, repeats=2, cv_n_boot=50
+    )
     json.dumps(r, allow_nan=False)
     assert r["threshold"] == r["choose"]["threshold"]
     assert r["choose"]["method"] == "exponential-tail"  # 1,400 impostors x 1e-3 < 5
@@ -147,8 +151,9 @@ def test_calibrate_samples_builds_protocol_pairs() -> None:
             rows.append(centres[k] + rng.normal(scale=0.7, size=32))
     emb = np.array(rows, dtype=np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    r = cal.calibrate_samples(samples, emb, "masked-vs-unmasked", 1e-2, n_boot=50, repeats=1,
-                              cv_n_boot=20)
+    r = cal.calibrate_samples(
+        samples, emb, "masked-vs-unmasked", 1e-2, n_boot=50, repeats=1, cv_n_boot=20
+    )
     assert r["protocol"] == "masked-vs-unmasked"
     assert r["choose"]["impostor_pairs"] == 20 * 20 - 10 * 4
     assert r["choose"]["genuine_pairs"] == 40

@@ -119,7 +119,11 @@ def test_bad_scores_raise() -> None:
 
 def test_far_key() -> None:
     assert [ev.far_key(f) for f in (1e-1, 1e-2, 1e-3, 1e-4, 5e-3)] == [
-        "1e-1", "1e-2", "1e-3", "1e-4", "5e-3"
+        "1e-1",
+        "1e-2",
+        "1e-3",
+        "1e-4",
+        "5e-3",
     ]
 
 
@@ -149,8 +153,11 @@ def _manifest_dataset(root: Path, rows: list[str] | None = None) -> Path:
 def test_load_manifest_sorted(tmp_path: Path) -> None:
     samples = ev.load_dataset(_manifest_dataset(tmp_path))
     assert [(s.identity, s.path.name, s.masked) for s in samples] == [
-        ("A", "a1.png", True), ("A", "a2.png", False), ("B", "b1.png", True),
-        ("B", "b2.png", False), ("C", "c1.png", False),
+        ("A", "a1.png", True),
+        ("A", "a2.png", False),
+        ("B", "b1.png", True),
+        ("B", "b2.png", False),
+        ("C", "c1.png", False),
     ]
     assert samples[0].mask_type == "surgical"
     assert samples[0].path == tmp_path / "A" / "a1.png"
@@ -177,13 +184,23 @@ def test_make_pairs_unknown_protocol(tmp_path: Path) -> None:
 
 
 def test_folder_dataset_without_manifest(tmp_path: Path) -> None:
-    for rel in ("P2/x_0001.jpg", "P2/x_0002.JPG", "P1/y_0002.jpg", "P1/y_0001.jpg",
-                "P1/y_0003.jpg", "P1/notes.txt", ".hidden/z.jpg"):
+    for rel in (
+        "P2/x_0001.jpg",
+        "P2/x_0002.JPG",
+        "P1/y_0002.jpg",
+        "P1/y_0001.jpg",
+        "P1/y_0003.jpg",
+        "P1/notes.txt",
+        ".hidden/z.jpg",
+    ):
         _touch(tmp_path, rel)
     samples = ev.load_dataset(tmp_path)
     assert [(s.identity, s.path.name) for s in samples] == [
-        ("P1", "y_0001.jpg"), ("P1", "y_0002.jpg"), ("P1", "y_0003.jpg"),
-        ("P2", "x_0001.jpg"), ("P2", "x_0002.JPG"),
+        ("P1", "y_0001.jpg"),
+        ("P1", "y_0002.jpg"),
+        ("P1", "y_0003.jpg"),
+        ("P2", "x_0001.jpg"),
+        ("P2", "x_0002.JPG"),
     ]
     assert all(not s.masked and s.mask_type == "no-mask" for s in samples)
     _, _, genuine = ev.make_pairs(samples, "all")
@@ -196,14 +213,23 @@ def test_folder_dataset_without_manifest(tmp_path: Path) -> None:
     [
         ("identity,path,masked", "A,A/a1.png,1", r"manifest\.csv:1: header .*missing mask_type"),
         ("identity,path,masked,mask_type", "A,A/a1.png,2,cloth", r"manifest\.csv:3: masked"),
-        ("identity,path,masked,mask_type", "A,A/none.png,1,cloth",
-         r"manifest\.csv:3: image not found"),
-        ("identity,path,masked,mask_type", "A,A/a1.png,1,cloth,extra",
-         r"manifest\.csv:3: expected 4"),
+        (
+            "identity,path,masked,mask_type",
+            "A,A/none.png,1,cloth",
+            r"manifest\.csv:3: image not found",
+        ),
+        (
+            "identity,path,masked,mask_type",
+            "A,A/a1.png,1,cloth,extra",
+            r"manifest\.csv:3: expected 4",
+        ),
         ("identity,path,masked,mask_type", "A,A/a1.png", r"manifest\.csv:3: expected 4"),
         ("identity,path,masked,mask_type", ",A/a1.png,1,cloth", r"manifest\.csv:3: empty identity"),
-        ("identity,path,masked,mask_type", "A,A/a2.png,0,no-mask",
-         r"manifest\.csv:3: image .* already listed on line 2"),
+        (
+            "identity,path,masked,mask_type",
+            "A,A/a2.png,0,no-mask",
+            r"manifest\.csv:3: image .* already listed on line 2",
+        ),
     ],
 )
 def test_malformed_manifest(tmp_path: Path, header: str, row: str, match: str) -> None:
@@ -267,8 +293,14 @@ def test_summarize_report_is_json_and_counts_failures() -> None:
     samples, rows = [], []
     for k in range(n_ids):
         for j in range(per_id):
-            samples.append(ev.Sample(f"id{k:02d}", Path(f"id{k:02d}/{j}.png"), j % 2 == 0,
-                                     "cloth" if j % 2 == 0 else "no-mask"))
+            samples.append(
+                ev.Sample(
+                    f"id{k:02d}",
+                    Path(f"id{k:02d}/{j}.png"),
+                    j % 2 == 0,
+                    "cloth" if j % 2 == 0 else "no-mask",
+                )
+            )
             rows.append(centres[k] + rng.normal(scale=0.8, size=64))
     emb = np.array(rows, dtype=np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
@@ -277,8 +309,12 @@ def test_summarize_report_is_json_and_counts_failures() -> None:
     report = ev.summarize(samples, emb, pred, "masked-vs-unmasked", 0.3, 0.35)
     json.dumps(report, allow_nan=False)
 
-    assert report["pairs"] == {"genuine": 108, "impostor": 1188, "genuine_failed": 3,
-                               "impostor_failed": 33}
+    assert report["pairs"] == {
+        "genuine": 108,
+        "impostor": 1188,
+        "genuine_failed": 3,
+        "impostor_failed": 33,
+    }
     fta = report["failure_to_acquire"]
     assert (fta["count"], fta["masked"], fta["unmasked"]) == (1, 1, 0)
     assert fta["paths"] == [str(Path("id00/0.png"))]
@@ -300,8 +336,10 @@ def test_summarize_report_is_json_and_counts_failures() -> None:
 
 
 def test_summarize_without_impostors_gives_nulls() -> None:
-    samples = [ev.Sample("A", Path("a1"), False, "no-mask"), ev.Sample("A", Path("a2"), False,
-                                                                         "no-mask")]
+    samples = [
+        ev.Sample("A", Path("a1"), False, "no-mask"),
+        ev.Sample("A", Path("a2"), False, "no-mask"),
+    ]
     emb = np.eye(2, dtype=np.float32)
     report = ev.summarize(samples, emb, [False, False], "all")
     assert report["auc"] is None and report["eer"] is None and report["roc"] is None
@@ -310,8 +348,16 @@ def test_summarize_without_impostors_gives_nulls() -> None:
 
 
 def test_to_jsonable_handles_numpy_and_non_finite() -> None:
-    out = ev.to_jsonable({"a": np.float32(0.5), "b": np.int64(3), "c": math.inf,
-                          "d": np.array([np.nan, 1.0]), "e": np.bool_(True), "f": Path("x")})
+    out = ev.to_jsonable(
+        {
+            "a": np.float32(0.5),
+            "b": np.int64(3),
+            "c": math.inf,
+            "d": np.array([np.nan, 1.0]),
+            "e": np.bool_(True),
+            "f": Path("x"),
+        }
+    )
     assert out == {"a": 0.5, "b": 3, "c": None, "d": [None, 1.0], "e": True, "f": "x"}
 
 
@@ -328,7 +374,9 @@ def test_plot_roc_writes_png(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     gen, imp = rng.normal(0.6, 0.15, 200), rng.normal(0.1, 0.1, 3000)
     report = {
-        "protocol": "demo", "auc": ev.auc(gen, imp), "eer": ev.equal_error_rate(gen, imp)[0],
+        "protocol": "demo",
+        "auc": ev.auc(gen, imp),
+        "eer": ev.equal_error_rate(gen, imp)[0],
         "roc": ev.roc_points(ev.roc_curve(gen, imp)),
         "operating_point": {"far": 1e-3, "tar": 0.9},
     }

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from edge.calibrate import calibrate_samples
 from edge.commands.common import CommandError, config_from, embed_samples, open_pipeline, print_json
+from edge.enroll import variants_from_config
 from edge.evaluate import load_dataset
 
 
@@ -35,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds by identity")
     p.add_argument("--write", action="store_true", help="write the thresholds into the config file")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument(
+        "--no-variants", action="store_true", help="without enrollment's synthetic masked templates"
+    )
     p.set_defaults(run=run)
 
 
@@ -59,9 +63,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CommandError(str(err)) from None
     with open_pipeline(cfg) as pipe:
-        emb, _ = embed_samples(pipe, samples)
+        variants = [] if args.no_variants else variants_from_config(cfg.enroll)
+        emb, _, extra = embed_samples(pipe, samples, variants=variants)
         model = pipe.model_id
-    kw = {"confidence": args.confidence, "folds": args.folds}
+    kw = {"confidence": args.confidence, "folds": args.folds, "extra": extra}
     try:
         masked = calibrate_samples(samples, emb, "masked-vs-unmasked", args.far, **kw)
         unmasked = calibrate_samples(samples, emb, "unmasked", args.far, **kw)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge.config import Config, ConfigError, load_config
+from edge.enroll import VariantFn
 from edge.evaluate import Sample
 from edge.imageio import ImageError, read_image
 from edge.manifest import ManifestError
@@ -91,18 +92,38 @@ def embed_samples(
     pipe: Pipeline,
     samples: Sequence[Sample],
     on_fail: Callable[[Sample, str], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings (NaN rows where the face could not be acquired) and mask decisions."""
+    variants: Sequence[VariantFn] = (),
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None] | None]:
+    """Embeddings (NaN rows where the face could not be acquired), mask decisions, and each
+    image's extra templates from enrollment's variant makers (None without variants)."""
     emb = np.full((len(samples), pipe.embedder.dim), np.nan, np.float32)
     masked = np.zeros(len(samples), bool)
+    extra: list[np.ndarray | None] | None = [None] * len(samples) if variants else None
     progress = Progress(len(samples), "embedding")
     for i, s in enumerate(samples):
         try:
-            r = pipe.process(read_image(s.path))
+            image = read_image(s.path)
+            r = pipe.process(image)
             emb[i], masked[i] = r.embedding, r.masked
+            if extra is not None:
+                extra[i] = _variant_embeddings(pipe, image, r, variants)
         except (ImageError, FaceRejected) as err:
             log.info("%s: %s", s.path, err)
             if on_fail:
                 on_fail(s, str(err))
         progress.update(i + 1)
-    return emb, masked
+    return emb, masked, extra
+
+
+def _variant_embeddings(
+    pipe: Pipeline, image: np.ndarray, r: FaceResult, variants: Sequence[VariantFn]
+) -> np.ndarray | None:
+    """What enrollment would store besides the photo itself (same code path as the door)."""
+    out = []
+    for make in variants:
+        for _name, variant in make(image, r):
+            try:
+                out.append(pipe.process(variant, still=True).embedding)
+            except FaceRejected:
+                continue
+    return np.stack(out) if out else None

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from edge.commands.common import CommandError, config_from, embed_samples, open_pipeline, print_json
+from edge.enroll import variants_from_config
 from edge.evaluate import format_table, load_dataset, plot_roc, summarize
 
 PROTOCOLS = ("all", "masked-vs-unmasked", "unmasked", "masked")
@@ -29,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--plot", type=Path, default=None, help="write the ROC curve to this PNG")
+    p.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="score photos alone, without the synthetic masked templates enrollment adds",
+    )
     p.set_defaults(run=run)
 
 
@@ -39,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CommandError(str(err)) from None
     with open_pipeline(cfg) as pipe:
-        emb, masked = embed_samples(pipe, samples)
+        variants = [] if args.no_variants else variants_from_config(cfg.enroll)
+        emb, masked, extra = embed_samples(pipe, samples, variants=variants)
         model = pipe.model_id
     try:
         report = summarize(
@@ -49,10 +56,16 @@ def run(args: argparse.Namespace) -> int:
             args.protocol,
             cfg.match.threshold_masked,
             cfg.match.threshold_unmasked,
+            extra=extra,
         )
     except ValueError as err:
         raise CommandError(f"{args.data}: {err}") from None
-    report = {"data": str(args.data), "model": model, **report}
+    report = {
+        "data": str(args.data),
+        "model": model,
+        "masked_variants": 0 if args.no_variants else cfg.enroll.masked_variants,
+        **report,
+    }
     if args.plot:
         plot_roc(report, args.plot)
         print(f"ROC written to {args.plot}", file=sys.stderr)

@@ -8,6 +8,7 @@ catches those. Its 5 points come in ArcFace template order.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ class YuNetDetector:
     def __init__(self, model: Path, score_threshold: float = 0.6, max_side: int = 640) -> None:
         self._det = cv2.FaceDetectorYN.create(str(model), "", (320, 320), score_threshold, 0.3, 50)
         self.max_side = max_side
+        # OpenCV's detector keeps per-call state (input size): one caller at a time.
+        self._lock = threading.Lock()
 
     def detect(self, bgr: np.ndarray) -> list[Detection]:
         """Faces, largest first. Big frames are shrunk first: YuNet's cost grows with pixels."""
@@ -40,8 +43,9 @@ class YuNetDetector:
             if scale < 1
             else bgr
         )
-        self._det.setInputSize((img.shape[1], img.shape[0]))
-        _, faces = self._det.detect(img)
+        with self._lock:
+            self._det.setInputSize((img.shape[1], img.shape[0]))
+            _, faces = self._det.detect(img)
         out = []
         for f in faces if faces is not None else []:
             box = f[:4] / scale

@@ -28,6 +28,7 @@ class FaceLocation:
     pitch: float
     mesh: Face | None  # None when only the detector found the face
     source: str  # "mesh", "detector" (mesh misfitted) or "detector-only"
+    faces_seen: int = 1  # faces either model saw in the frame (enrollment wants exactly one)
 
     @property
     def width(self) -> int:
@@ -49,15 +50,17 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _yaw_from_five(p: np.ndarray) -> float:
-    """Rough yaw from how far the nose tip sits from the eyes' midline (detector-only faces)."""
+def yaw_from_five(p: np.ndarray) -> float:
+    """Rough yaw from how far the nose tip sits from the eyes' midline (no head-pose matrix)."""
     eye = float(np.linalg.norm(p[1] - p[0]))
     offset = float(p[2, 0] - (p[0, 0] + p[1, 0]) / 2) / max(eye, 1e-6)
     return math.degrees(math.asin(max(-1.0, min(1.0, offset / 0.55))))
 
 
-def _from_detection(d: Detection) -> FaceLocation:
-    return FaceLocation(d.box, d.points, _yaw_from_five(d.points), 0.0, None, "detector-only")
+def _from_detection(d: Detection, seen: int) -> FaceLocation:
+    return FaceLocation(
+        d.box, d.points, yaw_from_five(d.points), 0.0, None, "detector-only", max(seen, 1)
+    )
 
 
 def locate(
@@ -70,8 +73,9 @@ def locate(
     """The largest face, or None when neither model finds one."""
     faces = landmarker.detect(image, timestamp_ms)
     dets = detector.detect(image) if detector is not None else []
+    seen = max(len(faces), len(dets))
     if not faces:
-        return _from_detection(dets[0]) if dets else None
+        return _from_detection(dets[0], seen) if dets else None
     mesh = faces[0]
     # A detector face that is clearly larger than the mesh's face is the real largest face.
     if (
@@ -79,7 +83,7 @@ def locate(
         and dets[0].box[2] * dets[0].box[3] > 2.0 * mesh.box[2] * mesh.box[3]
         and _iou(dets[0].box, mesh.box) < 0.3
     ):
-        return _from_detection(dets[0])
+        return _from_detection(dets[0], seen)
     mesh5 = five_points(mesh.points, mesh.mirrored)
     source, five = "mesh", mesh5
     match = max(dets, key=lambda d: _iou(d.box, mesh.box), default=None)
@@ -89,4 +93,4 @@ def locate(
         and disagreement(mesh5, match.points) > max_disagreement
     ):
         source, five = "detector", match.points
-    return FaceLocation(mesh.box, five, mesh.yaw, mesh.pitch, mesh, source)
+    return FaceLocation(mesh.box, five, mesh.yaw, mesh.pitch, mesh, source, seen)

@@ -1,0 +1,397 @@
+"""The door service: camera → pipeline → decision → relay and MQTT, under systemd.
+
+Threads: the frame grabber (newest frame only), MQTT's network loop and request worker, the
+relay's pulse timer, and this module's frame loop. Every exit path closes the relay, which
+leaves the door locked.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge.capture import make_grabber
+from edge.config import Config
+from edge.decide import Decider, Decision, Observation
+from edge.enroll import Enroller, EnrollmentError, ReadyEmbedding, variants_from_config
+from edge.imageio import ImageError, decode_image
+from edge.liveness import eye_aspect_ratio
+from edge.match import Gallery, threshold_for
+from edge.pipeline import Pipeline
+from edge.relay import Relay, make_relay
+from edge.store import Store, StoreState
+from edge.systemd import notify, watchdog_interval_s
+from edge.vision.quality import FaceRejected
+
+log = logging.getLogger(__name__)
+
+GALLERY_REFRESH_S = 2.0  # local `edge enroll` / `edge delete` reach a running door this fast
+
+
+class DoorError(RuntimeError):
+    """The door cannot start (no camera configured, store unreadable, ...)."""
+
+
+def state_dict(state: StoreState, model_id: str) -> dict[str, Any]:
+    return {
+        "version": state.version,
+        "hash": state.hash,
+        "count": state.persons,
+        "model_id": model_id,
+    }
+
+
+class Door:
+    """Wires pipeline, store, decider, relay and MQTT; `run()` blocks until `stop()`."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        on_decision: Callable[[dict[str, Any]], None] | None = None,
+        exit_at_end: bool = False,
+        camera_gate: threading.Event | None = None,
+    ) -> None:
+        if cfg.camera is None:
+            raise DoorError("no camera configured: add a `camera:` section to the config")
+        self.cfg = cfg
+        self.on_decision = on_decision
+        self.exit_at_end = exit_at_end
+        # Set by the demo and tests to hold the camera until enrollment has been sent.
+        self.camera_gate = camera_gate
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        self.relay: Relay | None = None
+        self.store: Store | None = None
+        self.pipeline: Pipeline | None = None
+        self.mqtt: Any = None
+        self._gallery_lock = threading.Lock()
+        self._gallery: Gallery | None = None
+        self._gallery_version = -1
+        self.decider = Decider(cfg.decision, cfg.liveness)
+        self.decisions: list[dict[str, Any]] = []
+        self._timers: list[threading.Timer] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self) -> int:
+        state_dir = self.cfg.resolve(self.cfg.daemon.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            # The relay first: from here on, every exit path relocks it.
+            self.relay = make_relay(self.cfg.relay, state_dir)
+            self.relay.lock()
+            self.store = Store.open(self.cfg)
+            self.pipeline = Pipeline(self.cfg, video=True)  # warmed up when constructed
+            self.enroller = Enroller(
+                self.pipeline,
+                self.store,
+                variants=variants_from_config(self.cfg.enroll),
+                keep_crops=self.cfg.store.keep_crops,
+            )
+            self._refresh_gallery(force=True)
+            if self.cfg.mqtt is not None:
+                from edge.mqtt.client import MqttService
+
+                self.mqtt = MqttService(
+                    self.cfg.mqtt,
+                    self.cfg.security,
+                    state_dir,
+                    self._handle,
+                    resolve=self.cfg.resolve,
+                )
+                self.mqtt.start()
+                # Ready without a broker too: events wait in the outbox until it is back.
+                if not self.mqtt.wait_ready(self.cfg.mqtt.connect_timeout_s):
+                    log.warning("broker not reachable yet; events are queued until it is")
+                self._publish_state()
+                self.mqtt.publish_lock(True)
+            self.ready.set()
+            notify("READY=1")
+            while self.camera_gate is not None and not self.camera_gate.wait(0.2):
+                if self._stop.is_set():
+                    return 0
+            grabber = make_grabber(self.cfg.camera, self.cfg.resolve)
+            grabber.start()
+            try:
+                notify(f"STATUS=watching {grabber.source.describe()}")
+                log.info("door ready: %d people enrolled", len(set(self._gallery.labels)))
+                self._frame_loop(grabber)
+            finally:
+                grabber.stop()
+            return 0
+        finally:
+            notify("STOPPING=1")
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._stop.set()
+        for t in self._timers:
+            t.cancel()
+        for name, close in (
+            ("relay", lambda: self.relay and self.relay.lock()),
+            ("mqtt", lambda: self.mqtt and (self.mqtt.publish_lock(True), self.mqtt.stop())),
+            ("pipeline", lambda: self.pipeline and self.pipeline.close()),
+            ("store", lambda: self.store and self.store.close()),
+            ("relay", lambda: self.relay and self.relay.close()),  # last: leaves it locked
+        ):
+            try:
+                close()
+            except Exception:  # one failing part must not keep the relay from locking
+                log.exception("closing %s failed", name)
+
+    # -- frames ------------------------------------------------------------------------------
+    def _frame_loop(self, grabber) -> None:
+        cfg = self.cfg
+        watchdog = watchdog_interval_s()
+        last_ping = 0.0
+        face_present = False
+        next_due = 0.0
+        last_refresh = time.monotonic()
+        while not self._stop.is_set():
+            frame = grabber.latest(timeout=0.5)
+            now = time.monotonic()
+            fresh = grabber.last_frame_age() < cfg.daemon.frame_stale_s
+            mqtt_ok = self.mqtt is None or self.mqtt.alive()
+            # Ping only while frames are fresh and MQTT lives: a hung camera or loop restarts.
+            if watchdog and fresh and mqtt_ok and now - last_ping >= watchdog:
+                notify("WATCHDOG=1")
+                last_ping = now
+            if now - last_refresh >= GALLERY_REFRESH_S:
+                self._refresh_gallery()
+                last_refresh = now
+            if frame is None:
+                if grabber.ended and self.exit_at_end:
+                    log.info("camera source ended")
+                    return
+                continue
+            if now < next_due:
+                continue  # over the rate for this state: drop the frame, keep the newest
+            rate = cfg.decision.active_fps if face_present else cfg.decision.idle_fps
+            next_due = now + 1.0 / rate
+            face_present = self._on_frame(frame, face_present)
+
+    def _on_frame(self, frame, face_present: bool) -> bool:
+        """Process one frame; returns whether a face is present."""
+        assert self.pipeline is not None
+        ts = int(frame.t_capture * 1000)
+        try:
+            if not face_present:
+                self.pipeline.detect(frame.image, ts)  # landmarks only while nobody is there
+            r = self.pipeline.process(frame.image, ts)
+        except FaceRejected as err:
+            if err.reason in (FaceRejected.NO_FACE, FaceRejected.BAD_IMAGE):
+                self.decider.no_face(frame.t_capture)
+                return False
+            return True  # a face, but not good enough to judge: neither vote nor failure
+        with self._gallery_lock:
+            gallery = self._gallery
+        match = gallery.search(r.embedding) if gallery is not None else None
+        thr = threshold_for(self.cfg.match, r.masked)
+        score = match.score if match and match.label else -1.0
+        person = match.label if match and match.label and score >= thr else None
+        mesh = r.face.mesh
+        obs = Observation(
+            t=frame.t_capture,
+            person=person,
+            best=match.label if match else None,
+            score=score,
+            threshold=thr,
+            masked=r.masked,
+            yaw=r.face.yaw,
+            ear=eye_aspect_ratio(mesh.points) if mesh is not None else None,
+        )
+        for d in self.decider.observe(obs):
+            self._act(d, frame.image)
+        return True
+
+    def _act(self, d: Decision, image: np.ndarray) -> None:
+        event = d.as_dict()
+        event["device"] = self.cfg.mqtt.device_id if self.cfg.mqtt else None
+        event["name"] = self._name(d.person)
+        if d.decision == "unlock" and self.relay is not None:
+            self.relay.pulse()
+            if self.mqtt:
+                self.mqtt.publish_lock(False)
+                self._announce_relock(self.cfg.relay.pulse_s)
+        log.info(
+            "%s: person=%s score=%.3f threshold=%.3f masked=%s liveness=%s (%s)",
+            d.decision,
+            d.person,
+            d.score,
+            d.threshold,
+            d.masked,
+            d.liveness,
+            d.reason,
+        )
+        self.decisions.append(event)
+        if self.mqtt:
+            self.mqtt.publish_event(event)
+            if self.cfg.mqtt and self.cfg.mqtt.snapshot:
+                ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+                if ok:
+                    self.mqtt.publish_snapshot(buf.tobytes())
+        if self.on_decision:
+            self.on_decision(event)
+
+    def _announce_relock(self, seconds: float) -> None:
+        """Tell Home Assistant the door is locked again once the pulse is over."""
+        timer = threading.Timer(seconds, self._publish_locked)
+        timer.daemon = True
+        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+        timer.start()
+
+    def _publish_locked(self) -> None:
+        if self.mqtt is not None and not self._stop.is_set():
+            self.mqtt.publish_lock(True)
+
+    def _name(self, person: str | None) -> str | None:
+        if person is None or self.store is None:
+            return None
+        try:
+            return self.store.get(person).name
+        except Exception:
+            return None
+
+    # -- templates ---------------------------------------------------------------------------
+    def _refresh_gallery(self, force: bool = False) -> None:
+        assert self.store is not None and self.pipeline is not None
+        state = self.store.state()
+        if force or state.version != self._gallery_version:
+            gallery = self.store.gallery(self.pipeline.model_id)
+            with self._gallery_lock:
+                self._gallery, self._gallery_version = gallery, state.version
+            log.info("templates v%d loaded: %d people", state.version, state.persons)
+
+    def _publish_state(self) -> StoreState:
+        assert self.store is not None and self.pipeline is not None
+        state = self.store.state()
+        if self.mqtt:
+            self.mqtt.publish_state(state_dict(state, self.pipeline.model_id))
+        return state
+
+    def _changed(self) -> dict[str, Any]:
+        self._refresh_gallery(force=True)
+        return state_dict(self._publish_state(), self.pipeline.model_id)
+
+    # -- MQTT requests (called on the MQTT worker thread) -------------------------------------
+    def _handle(self, action: str, payload: Any, verified: Any) -> dict[str, Any]:
+        from edge.mqtt.client import RequestFailed
+        from edge.relay import RelayError
+        from edge.store import StoreError
+
+        audit = {
+            "time": time.time(),
+            "action": action,
+            "request_id": verified.id,
+            "key_id": verified.key_id,
+            "signed": verified.signed,
+        }
+        try:
+            result = self._dispatch(action, payload, verified)
+        except (EnrollmentError, StoreError, RelayError, ImageError, ValueError) as err:
+            if self.mqtt and action != "list":
+                self.mqtt.publish_audit({**audit, "status": "error", "error": str(err)})
+            raise RequestFailed(str(err)) from None
+        if self.mqtt and action != "list":
+            self.mqtt.publish_audit({**audit, "status": "ok"})
+        return result
+
+    def _dispatch(self, action: str, payload: Any, verified: Any) -> dict[str, Any]:
+        handler = {
+            "enroll": self._enroll,
+            "delete": self._delete,
+            "list": self._list,
+            "sync": self._sync,
+            "unlock": self._unlock,
+        }.get(action)
+        if handler is None:
+            raise ValueError(f"unknown action {action!r}")
+        return handler(payload, verified)
+
+    def _enroll(self, p: Any, _v: Any) -> dict[str, Any]:
+        assert self.store is not None
+        if p.images:
+            # The message layer has checked and base64-decoded the images already.
+            images = [decode_image(data, f"image {i}") for i, data in enumerate(p.images, 1)]
+            self.enroller.enroll_photos(p.person_id, p.name, images, replace=p.replace)
+        else:
+            ready = [
+                ReadyEmbedding(e.model_id, np.asarray(e.vector, np.float32), e.masked)
+                for e in p.embeddings
+            ]
+            self.enroller.enroll_embeddings(p.person_id, p.name, ready, replace=p.replace)
+        info = self.store.get(p.person_id)
+        return {"person_id": p.person_id, "templates": info.templates, "state": self._changed()}
+
+    def _delete(self, p: Any, _v: Any) -> dict[str, Any]:
+        assert self.store is not None
+        self.store.delete(p.person_id)
+        return {"person_id": p.person_id, "state": self._changed()}
+
+    def _list(self, _p: Any, _v: Any) -> dict[str, Any]:
+        assert self.store is not None
+        persons = [
+            {
+                "person_id": i.person_id,
+                "name": i.name,
+                "templates": i.templates,
+                "updated": i.updated,
+            }
+            for i in self.store.list()
+        ]
+        return {"persons": persons, "state": state_dict(self.store.state(), self.pipeline.model_id)}
+
+    def _sync(self, p: Any, _v: Any) -> dict[str, Any]:
+        assert self.store is not None
+        batch = []
+        for person in p.persons:
+            ready = [
+                ReadyEmbedding(e.model_id, np.asarray(e.vector, np.float32), e.masked)
+                for e in person.embeddings
+            ]
+            batch.append((person.person_id, person.name, self.enroller.check_embeddings(ready)))
+        self.store.replace_all(batch)
+        return {"persons": len(batch), "state": self._changed()}
+
+    def _unlock(self, p: Any, v: Any) -> dict[str, Any]:
+        assert self.relay is not None
+        seconds = p.seconds or self.cfg.relay.pulse_s
+        self.relay.pulse(seconds)
+        if self.mqtt:
+            self.mqtt.publish_lock(False)
+            self._announce_relock(seconds)
+        d = Decision(
+            "unlock",
+            None,
+            0.0,
+            0.0,
+            False,
+            "n/a",
+            0,
+            0.0,
+            f"remote unlock: {p.reason or 'no reason given'}",
+        )
+        event = {
+            **d.as_dict(),
+            "device": self.cfg.mqtt.device_id if self.cfg.mqtt else None,
+            "name": None,  # who asked is in the audit record
+        }
+        self.decisions.append(event)
+        if self.mqtt:
+            self.mqtt.publish_event(event)
+        if self.on_decision:
+            self.on_decision(event)
+        return {"unlocked_s": seconds, "event_id": d.event_id}
