@@ -387,7 +387,8 @@ class Config(_Strict):
         return self.model_dump(mode="json")  # SecretStr dumps as '**********'
 
 
-def _format_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem, each naming the key's dotted path and the reason."""
     lines = [f"{source}: {err.error_count()} problem(s)"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -411,7 +412,7 @@ def parse_config(data: Any, source: str = "config", base_dir: Path | None = None
     try:
         return Config(**data, base_dir=base_dir or PROJECT_ROOT)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, source)) from None
+        raise ConfigError(format_validation_error(err, source)) from None
 
 
 def load_config(path: Path | str | None = None) -> Config:

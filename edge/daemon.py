@@ -164,7 +164,9 @@ class Door:
             frame = grabber.latest(timeout=0.5)
             now = time.monotonic()
             fresh = grabber.last_frame_age() < cfg.daemon.frame_stale_s
-            mqtt_ok = self.mqtt is None or self.mqtt.alive()
+            # MQTT's threads must live; a broker outage alone must not restart a door that
+            # still opens offline (its events wait in the outbox).
+            mqtt_ok = self.mqtt is None or self.mqtt.alive(max_disconnected_s=float("inf"))
             # Ping only while frames are fresh and MQTT lives: a hung camera or loop restarts.
             if watchdog and fresh and mqtt_ok and now - last_ping >= watchdog:
                 notify("WATCHDOG=1")
@@ -181,7 +183,13 @@ class Door:
                 continue  # over the rate for this state: drop the frame, keep the newest
             rate = cfg.decision.active_fps if face_present else cfg.decision.idle_fps
             next_due = now + 1.0 / rate
-            face_present = self._on_frame(frame, face_present)
+            try:
+                face_present = self._on_frame(frame, face_present)
+            except Exception:
+                # One bad frame must not take the door down; a persistent fault shows in the
+                # journal, and a hang stops the watchdog pings.
+                log.exception("frame %d failed", frame.index)
+                face_present = False
 
     def _on_frame(self, frame, face_present: bool) -> bool:
         """Process one frame; returns whether a face is present."""
@@ -238,7 +246,10 @@ class Door:
         )
         self.decisions.append(event)
         if self.mqtt:
-            self.mqtt.publish_event(event)
+            try:
+                self.mqtt.publish_event(event)
+            except Exception:  # the door already acted; losing the radio must not undo that
+                log.exception("event %s could not be queued", event["event_id"])
             if self.cfg.mqtt and self.cfg.mqtt.snapshot:
                 ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
                 if ok:

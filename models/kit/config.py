@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from edge.config import format_validation_error
 from models.kit.backbones import ARCHS
 
 log = logging.getLogger(__name__)
@@ -212,14 +213,6 @@ class TrainConfig(_Strict):
         return self.model_copy(update={"data": data, "checkpoint_dir": ckpt, "resume": resume})
 
 
-def _format_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: {err.error_count()} problem(s)"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"  {where}: {e['msg']}")
-    return "\n".join(lines)
-
-
 def parse_train_config(
     data: object, source: str = "config", base_dir: Path | None = None
 ) -> TrainConfig:
@@ -229,7 +222,7 @@ def parse_train_config(
     try:
         cfg = TrainConfig.model_validate(data)
     except ValidationError as err:
-        raise TrainConfigError(_format_error(err, source)) from None
+        raise TrainConfigError(format_validation_error(err, source)) from None
     return cfg.resolved(base_dir or Path.cwd())
 
 
