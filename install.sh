@@ -43,7 +43,10 @@ if command -v dpkg-query >/dev/null 2>&1; then
     else
         echo "installing: ${MISSING[*]}"
         SUDO=""
-        [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        if [ "$(id -u)" -ne 0 ]; then
+            command -v sudo >/dev/null || { echo "run as root (no sudo here) to install: ${MISSING[*]}" >&2; exit 1; }
+            SUDO="sudo"
+        fi
         $SUDO apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${MISSING[@]}"
     fi
@@ -90,9 +93,17 @@ if [ "$SYSTEM" -eq 1 ]; then
         useradd --system --home-dir /var/lib/maskgate --no-create-home --shell /usr/sbin/nologin maskgate
         echo "created user maskgate"
     fi
-    for g in video gpio; do
-        getent group "$g" >/dev/null && usermod -aG "$g" maskgate
-    done
+    # The unit asks for both groups; Debian and Ubuntu have no gpio group: make one, and let it
+    # open the GPIO character devices (Raspberry Pi OS ships the same rule).
+    getent group video >/dev/null || groupadd --system video
+    if ! getent group gpio >/dev/null; then
+        groupadd --system gpio
+        echo 'SUBSYSTEM=="gpio", KERNEL=="gpiochip*", GROUP="gpio", MODE="0660"' \
+            > /etc/udev/rules.d/60-maskgate-gpio.rules
+        command -v udevadm >/dev/null && udevadm control --reload && udevadm trigger --subsystem-match=gpio || true
+        echo "created group gpio and /etc/udev/rules.d/60-maskgate-gpio.rules"
+    fi
+    usermod -aG video,gpio maskgate
     install -d -m 0755 /etc/maskgate
     install -d -m 0700 -o maskgate -g maskgate /var/lib/maskgate
     if [ ! -f /etc/maskgate/config.yaml ]; then

@@ -71,7 +71,8 @@ class RuntimeConfig(_Strict):
         2, ge=1, le=64, description="Intra-op threads per ONNX Runtime session."
     )
     trt_cache_dir: Path = Field(
-        Path(".state/trt-cache"), description="Where the TensorRT provider caches built engines."
+        Path("trt-cache"),
+        description="Where the TensorRT provider caches built engines (relative: in state_dir).",
     )
     trt_fp16: StrictBool = Field(True, description="Let the TensorRT provider build FP16 engines.")
 
@@ -134,9 +135,6 @@ class _CameraBase(_Strict):
     )
     reconnect_s: StrictFloat = Field(
         2.0, gt=0, le=300, description="Wait before reopening a live source that dropped."
-    )
-    stale_after_s: StrictFloat = Field(
-        2.0, gt=0, le=300, description="A frame older than this is stale (watchdog, doctor)."
     )
 
 

@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -75,7 +76,8 @@ class Door:
         self._gallery: Gallery | None = None
         self._gallery_version = -1
         self.decider = Decider(cfg.decision, cfg.liveness)
-        self.decisions: list[dict[str, Any]] = []
+        # Recent decisions for the demo and tests; bounded for a door that runs for months.
+        self.decisions: deque[dict[str, Any]] = deque(maxlen=1000)
         self._timers: list[threading.Timer] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -142,7 +144,8 @@ class Door:
             t.cancel()
         for name, close in (
             ("relay", lambda: self.relay and self.relay.lock()),
-            ("mqtt", lambda: self.mqtt and (self.mqtt.publish_lock(True), self.mqtt.stop())),
+            ("lock state", lambda: self.mqtt and self.mqtt.publish_lock(True)),
+            ("mqtt", lambda: self.mqtt and self.mqtt.stop()),
             ("pipeline", lambda: self.pipeline and self.pipeline.close()),
             ("store", lambda: self.store and self.store.close()),
             ("relay", lambda: self.relay and self.relay.close()),  # last: leaves it locked
@@ -172,12 +175,18 @@ class Door:
                 notify("WATCHDOG=1")
                 last_ping = now
             if now - last_refresh >= GALLERY_REFRESH_S:
-                self._refresh_gallery()
                 last_refresh = now
+                try:
+                    self._refresh_gallery()
+                except Exception:  # a busy or broken store: keep the templates we have
+                    log.exception("reloading templates failed")
             if frame is None:
                 if grabber.ended and self.exit_at_end:
                     log.info("camera source ended")
                     return
+                if not grabber.running:
+                    # A finite source ran out, or capture died: let systemd restart the door.
+                    raise DoorError(f"camera stopped: {grabber.error or 'source ended'}")
                 continue
             if now < next_due:
                 continue  # over the rate for this state: drop the frame, keep the newest
@@ -196,9 +205,9 @@ class Door:
         assert self.pipeline is not None
         ts = int(frame.t_capture * 1000)
         try:
-            if not face_present:
-                self.pipeline.detect(frame.image, ts)  # landmarks only while nobody is there
-            r = self.pipeline.process(frame.image, ts)
+            # While nobody is there only the landmark step runs; the rest follows on a face.
+            face = self.pipeline.detect(frame.image, ts) if not face_present else None
+            r = self.pipeline.process(frame.image, ts, face=face)
         except FaceRejected as err:
             if err.reason in (FaceRejected.NO_FACE, FaceRejected.BAD_IMAGE):
                 self.decider.no_face(frame.t_capture)
@@ -219,7 +228,11 @@ class Door:
             threshold=thr,
             masked=r.masked,
             yaw=r.face.yaw,
-            ear=eye_aspect_ratio(mesh.points) if mesh is not None else None,
+            # A mesh judged misfitted (YuNet aligned instead) would make eyelid jitter look
+            # like a blink.
+            ear=eye_aspect_ratio(mesh.points)
+            if mesh is not None and r.face.source == "mesh"
+            else None,
         )
         for d in self.decider.observe(obs):
             self._act(d, frame.image)
@@ -265,8 +278,12 @@ class Door:
         timer.start()
 
     def _publish_locked(self) -> None:
-        if self.mqtt is not None and not self._stop.is_set():
-            self.mqtt.publish_lock(True)
+        if self.mqtt is None or self._stop.is_set():
+            return
+        if self.relay is not None and self.relay.unlocked:
+            self._announce_relock(0.5)  # a longer pulse extended this one: not locked yet
+            return
+        self.mqtt.publish_lock(True)
 
     def _name(self, person: str | None) -> str | None:
         if person is None or self.store is None:
@@ -278,17 +295,21 @@ class Door:
 
     # -- templates ---------------------------------------------------------------------------
     def _refresh_gallery(self, force: bool = False) -> None:
+        """Load the templates when the store's version moved (MQTT or a local `edge enroll`)."""
         assert self.store is not None and self.pipeline is not None
         state = self.store.state()
-        if force or state.version != self._gallery_version:
-            gallery = self.store.gallery(self.pipeline.model_id)
-            with self._gallery_lock:
+        if not force and state.version == self._gallery_version:
+            return
+        gallery = self.store.gallery(self.pipeline.model_id)
+        with self._gallery_lock:
+            # Two threads may refresh at once: never let an older set replace a newer one.
+            if force or state.version >= self._gallery_version:
                 self._gallery, self._gallery_version = gallery, state.version
-            log.info("templates v%d loaded: %d people", state.version, state.persons)
+        log.info("templates v%d loaded: %d people", state.version, state.persons)
 
     def _publish_state(self) -> StoreState:
         assert self.store is not None and self.pipeline is not None
-        state = self.store.state()
+        state = self.store.state(self.pipeline.model_id)  # what this door can match against
         if self.mqtt:
             self.mqtt.publish_state(state_dict(state, self.pipeline.model_id))
         return state
@@ -310,15 +331,20 @@ class Door:
             "key_id": verified.key_id,
             "signed": verified.signed,
         }
+        outcome: dict[str, Any] = {"status": "error", "error": "internal error"}
         try:
             result = self._dispatch(action, payload, verified)
+            outcome = {"status": "ok"}
+            return result
         except (EnrollmentError, StoreError, RelayError, ImageError, ValueError) as err:
-            if self.mqtt and action != "list":
-                self.mqtt.publish_audit({**audit, "status": "error", "error": str(err)})
+            outcome = {"status": "error", "error": str(err)}
             raise RequestFailed(str(err)) from None
-        if self.mqtt and action != "list":
-            self.mqtt.publish_audit({**audit, "status": "ok"})
-        return result
+        finally:
+            if self.mqtt and action != "list":
+                try:
+                    self.mqtt.publish_audit({**audit, **outcome})
+                except Exception:
+                    log.exception("audit record for %s could not be queued", verified.id)
 
     def _dispatch(self, action: str, payload: Any, verified: Any) -> dict[str, Any]:
         handler = {
@@ -352,18 +378,20 @@ class Door:
         self.store.delete(p.person_id)
         return {"person_id": p.person_id, "state": self._changed()}
 
-    def _list(self, _p: Any, _v: Any) -> dict[str, Any]:
+    def _list(self, _p: Any, v: Any) -> dict[str, Any]:
         assert self.store is not None
+        # `list` may come unsigned: names (encrypted at rest) only go to a signed request.
         persons = [
             {
                 "person_id": i.person_id,
-                "name": i.name,
+                "name": i.name if v.signed else None,
                 "templates": i.templates,
                 "updated": i.updated,
             }
             for i in self.store.list()
         ]
-        return {"persons": persons, "state": state_dict(self.store.state(), self.pipeline.model_id)}
+        state = state_dict(self.store.state(self.pipeline.model_id), self.pipeline.model_id)
+        return {"persons": persons, "state": state}
 
     def _sync(self, p: Any, _v: Any) -> dict[str, Any]:
         assert self.store is not None
@@ -380,10 +408,7 @@ class Door:
     def _unlock(self, p: Any, v: Any) -> dict[str, Any]:
         assert self.relay is not None
         seconds = p.seconds or self.cfg.relay.pulse_s
-        self.relay.pulse(seconds)
-        if self.mqtt:
-            self.mqtt.publish_lock(False)
-            self._announce_relock(seconds)
+        reason = (p.reason or "no reason given")[:150]  # events cap reasons at 200 characters
         d = Decision(
             "unlock",
             None,
@@ -393,16 +418,23 @@ class Door:
             "n/a",
             0,
             0.0,
-            f"remote unlock: {p.reason or 'no reason given'}",
+            f"remote unlock: {reason}",
         )
         event = {
             **d.as_dict(),
             "device": self.cfg.mqtt.device_id if self.cfg.mqtt else None,
             "name": None,  # who asked is in the audit record
         }
+        self.relay.pulse(seconds)
+        # From here on the door is open: nothing below may turn that into an error reply.
         self.decisions.append(event)
         if self.mqtt:
-            self.mqtt.publish_event(event)
+            try:
+                self.mqtt.publish_lock(False)
+                self._announce_relock(seconds)
+                self.mqtt.publish_event(event)
+            except Exception:
+                log.exception("remote unlock %s: event could not be queued", d.event_id)
         if self.on_decision:
             self.on_decision(event)
         return {"unlocked_s": seconds, "event_id": d.event_id}

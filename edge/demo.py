@@ -2,8 +2,8 @@
 
 Starts a local mosquitto (unless a broker is configured), runs the door service with the mock
 relay, enrolls a person over signed MQTT from two unmasked photos, then plays a short clip made
-of real photos: that person unmasked, the same person wearing a synthetic medical mask, and a
-stranger. Prints each decision, the MQTT events a server would see, and the relay's edges.
+of real photos: that person unmasked, the same person wearing synthetic masks (surgical, KN95),
+and a stranger. Prints each decision, the MQTT events a server would see, and the relay's edges.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class Pipeline:
             det_entry = manifest.get(cfg.models.detector, "detector")
             self.detector = YuNetDetector(verify(manifest, det_entry))
         runtime = cfg.runtime.model_copy(
-            update={"trt_cache_dir": cfg.resolve(cfg.runtime.trt_cache_dir)}
+            update={"trt_cache_dir": cfg.state_path(cfg.runtime.trt_cache_dir)}
         )
         self.embedder = Embedder(manifest, manifest.get(cfg.models.embedder, "embedder"), runtime)
         self.mask = MaskClassifier(
@@ -115,11 +115,18 @@ class Pipeline:
         return face
 
     def process(
-        self, image: np.ndarray, timestamp_ms: int | None = None, still: bool = False
+        self,
+        image: np.ndarray,
+        timestamp_ms: int | None = None,
+        still: bool = False,
+        face: FaceLocation | None = None,
     ) -> FaceResult:
-        """Run the whole chain on the largest face; raises FaceRejected with a reason."""
+        """Run the whole chain on the largest face; raises FaceRejected with a reason.
+
+        `face`: a location already found for this very image (skips the landmark step).
+        """
         t0 = time.perf_counter()
-        face = self.detect(image, timestamp_ms, still)
+        face = face if face is not None else self.detect(image, timestamp_ms, still)
         check_geometry(face, self.cfg.quality)
         t1 = time.perf_counter()
         aligned = align_face(image, face.five)

@@ -160,7 +160,22 @@ def test_bad_commands_never_pulse_the_relay(
         server.publish(f"{base}/request/unlock", good)
         replay = server.wait_json(f"{base}/reply/unlock", "id", good["id"])
         assert replay["status"] == "error" and "replay" in replay["error"].lower()
-    assert len(pulses(tmp_path)) == 1
+        assert len(pulses(tmp_path)) == 1
+        # The longest reason a request may carry still opens once and says ok (and audits).
+        state = state_file(tmp_path / "state" / "relay.jsonl")
+        wait_until(lambda: json.loads(state.read_text())["level"] == 0, 10, "the relay relocked")
+        server.subscribe(f"{base}/audit")
+        long = sign_request(
+            key, "door1", f"{base}/request/unlock", {"reason": "x" * 200, "seconds": 0.5}
+        )
+        server.publish(f"{base}/request/unlock", long)
+        assert server.wait_json(f"{base}/reply/unlock", "id", long["id"])["status"] == "ok"
+        assert server.wait_json(f"{base}/audit", "request_id", long["id"])["status"] == "ok"
+        # An unsigned `list` is answered, without names.
+        server.publish(f"{base}/request/list", {"id": "l1", "payload": {}})
+        listed = server.wait_json(f"{base}/reply/list", "id", "l1")
+        assert listed["status"] == "ok" and listed["result"]["state"]["count"] == 0
+    assert len(pulses(tmp_path)) == 2
     for name, reply in refusals.items():
         print(name, "->", reply["error"])
 

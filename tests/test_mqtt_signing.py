@@ -216,9 +216,20 @@ def test_replayed_nonce_is_refused_within_validity(keys: dict[str, Any]) -> None
 
 
 def test_clock_skew_is_tolerated(keys: dict[str, Any]) -> None:
-    v = make_verifier(keys, Clock(NOW), clock_skew_s=5)
+    clock = Clock(NOW - 60)  # the door started a minute ago
+    v = make_verifier(keys, clock, clock_skew_s=5)
+    clock.now = NOW
     v.verify(T.request("unlock"), raw(signed(keys, "unlock", {}, now=NOW + 4)), False)
     v.verify(T.request("unlock"), raw(signed(keys, "unlock", {}, now=NOW - 14)), False)
+
+
+def test_requests_issued_before_the_door_started_are_refused(keys: dict[str, Any]) -> None:
+    """Used nonces are kept in memory: after a restart, an older request could be a replay."""
+    clock = Clock(NOW)
+    v = make_verifier(keys, clock, clock_skew_s=5, max_validity_s=60)
+    old = signed(keys, "unlock", {}, now=NOW - 30, validity_s=60)  # still valid, but pre-start
+    assert refused(v, T.request("unlock"), raw(old)).code == "before_start"
+    v.verify(T.request("unlock"), raw(signed(keys, "unlock", {}, now=NOW - 3)), False)
 
 
 def test_refusal_keeps_the_request_id(keys: dict[str, Any]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 from edge.commands.common import CommandError, config_from, open_pipeline
@@ -54,10 +55,8 @@ def run_door(args: argparse.Namespace) -> int:
     from edge.systemd import setup_logging
 
     cfg = config_from(args)
-    setup_logging()
+    setup_logging(logging.DEBUG if args.verbose > 1 else logging.INFO)
     if cfg.security.insecure_local_dev:
-        import logging
-
         logging.getLogger("edge").error(
             "SECURITY: insecure_local_dev is ON: unsigned enroll/delete/sync/unlock commands are "
             "obeyed. Never run a real door like this."

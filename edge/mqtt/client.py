@@ -564,7 +564,11 @@ class MqttService:
         incoming = item.properties
         response_topic = getattr(incoming, "ResponseTopic", None) if incoming else None
         correlation = getattr(incoming, "CorrelationData", None) if incoming else None
-        if _usable_response_topic(response_topic):
+        # Only under our own reply prefix: a requester (even an unsigned one) must not steer
+        # the door's publications onto its lock, state, event or discovery topics.
+        if _usable_response_topic(response_topic) and response_topic.startswith(
+            self.topics.reply("")
+        ):
             topic = response_topic
         if correlation is not None:
             props = Properties(PacketTypes.PUBLISH)

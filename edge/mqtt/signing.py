@@ -255,6 +255,9 @@ class Verifier:
         self.topics = Topics(prefix, device_id)
         self._clock = clock
         self._nonces = NonceCache()
+        # Used nonces live in memory only: a request issued before this process started could
+        # be a replay the cache has forgotten (after a restart), so it is refused.
+        self._started = clock()
         # Trusted keys by raw bytes and by key id; a malformed one is a config error.
         self._keys: dict[bytes, Ed25519PublicKey] = {}
         self._ids: dict[str, bytes] = {}
@@ -441,6 +444,11 @@ class Verifier:
         if now > env.exp + skew:
             raise RequestRefused(
                 "expired", f"expired {now - env.exp:.1f} s ago (tolerance {skew:g} s)"
+            )
+        if env.iat < self._started - skew:
+            raise RequestRefused(
+                "before_start",
+                "issued before the door (re)started; its nonce cannot be checked: sign it anew",
             )
         try:
             fresh = self._nonces.add(env.nonce, env.exp + skew, now)

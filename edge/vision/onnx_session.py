@@ -32,7 +32,12 @@ def pick_providers(cfg: RuntimeConfig) -> list[str | tuple[str, dict]]:
             log.info("ONNX Runtime provider %s not available here; skipped", name)
             continue
         if key == "tensorrt":
-            cfg.trt_cache_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                cfg.trt_cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:  # a read-only cache must not stop the door
+                log.warning("TensorRT engine cache %s unusable (%s); TensorRT skipped",
+                            cfg.trt_cache_dir, err)  # fmt: skip
+                continue
             chosen.append(
                 (
                     name,
