@@ -79,7 +79,11 @@ class RuntimeConfig(_Strict):
 
 class LandmarksConfig(_Strict):
     max_faces: StrictInt = Field(
-        3, ge=1, le=10, description="Faces the mesh looks for; the largest one is used."
+        3,
+        ge=1,
+        le=10,
+        description="Faces the mesh looks for in still photos; the largest one is used (the camera "
+        "stream tracks one, cross-checked by the detector).",
     )
     min_detection_confidence: StrictFloat = Field(
         0.5, gt=0, lt=1, description="Face detector score floor."

@@ -74,7 +74,9 @@ class Pipeline:
         lm = self.cfg.landmarks
         return Landmarker(
             self._task_file,
-            max_faces=lm.max_faces,
+            # The camera stream tracks one face (tracking skips the detector on later frames);
+            # YuNet still sees every face, and locate() switches to a clearly larger one.
+            max_faces=1 if video else lm.max_faces,
             min_detection_confidence=lm.min_detection_confidence,
             min_presence_confidence=lm.min_presence_confidence,
             video=video,
