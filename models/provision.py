@@ -63,12 +63,11 @@ def _transform(entry: ModelEntry, source: bytes) -> bytes:
         from models.fold_int8_blocks import fold
 
         return fold(source)
-    # The mask classifier is converted with torch by models/convert_mask_classifier.py and
-    # committed, so a door device never needs torch; it can only be missing in a broken checkout.
-    raise ManifestError(
-        f"model {entry.id!r} is converted by the project and committed at models/{entry.file}; "
-        "restore it with git, or rebuild it with models/convert_mask_classifier.py (needs torch)"
-    )
+    if kind == "convert_mask_classifier":
+        from models.mask_onnx import convert
+
+        return convert(source)  # torch weights → ONNX without torch
+    raise ManifestError(f"model {entry.id!r}: unknown transform {kind!r}")
 
 
 def check_graph(manifest: Manifest, entry: ModelEntry) -> None:
@@ -109,8 +108,6 @@ def provision(manifest: Manifest, entry: ModelEntry, cache: Path, check_only: bo
             f"models/{entry.file}; restore it with git, or re-export it with "
             f"`python -m models.export` ({entry.origin.describe()})"
         )
-    if entry.origin.transform == "convert_mask_classifier":
-        _transform(entry, b"")  # raises with instructions
     o = entry.origin
     archive = _download(o.package, o.version, o.kind, cache)
     source = _extract(archive, o.member)
