@@ -22,7 +22,6 @@ from broker import (
     Mosquitto,
     MqttProbe,
     have_mosquitto,
-    running_mosquitto,
     wait_until,
 )
 from hypothesis import HealthCheck, Phase, given, settings
@@ -163,12 +162,6 @@ PATHOLOGICAL: list[bytes] = [
     b'{"id": "x", "payload": {}, "\\u0000": 1}',
     json.dumps({"id": "big", "payload": {"pad": "a" * 1_000_000}}).encode(),
 ]
-
-
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    with running_mosquitto(tmp_path / "broker") as broker:
-        yield broker
 
 
 @pytest.fixture(scope="module")

@@ -62,12 +62,6 @@ class Recorder:
         return {"action": action, "person": person}
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    with running_mosquitto(tmp_path / "broker") as broker:
-        yield broker
-
-
 @pytest.fixture(scope="module")
 def keys() -> dict[str, Any]:
     pem, pub = generate_keypair()
