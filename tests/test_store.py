@@ -225,7 +225,7 @@ def _lp(s: str) -> bytes:
 
 
 def test_hash_follows_the_documented_canonical_form(store: Store) -> None:
-    # A server computes the same hash from the same description (edge.store._content_hash).
+    # A server computes the same hash from the same description (edge.store.content.content_hash).
     people = _people()
     store.replace_all(people)
     h = hashlib.sha256(b"maskgate-template-set/1\n")
