@@ -20,6 +20,7 @@ import sys
 from edge import __version__
 from edge.commands import COMMANDS
 from edge.commands.common import CommandError
+from edge.nativelog import show_native_logs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_native_logs(args.verbose > 0)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr

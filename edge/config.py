@@ -6,6 +6,8 @@ silently falls back to a default on a door lock.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +22,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -140,6 +143,14 @@ class _CameraBase(_Strict):
     reconnect_s: StrictFloat = Field(
         2.0, gt=0, le=300, description="Wait before reopening a live source that dropped."
     )
+    start_timeout_s: StrictFloat = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="The door reports ready only once the source delivered its first frame; "
+        "a source without one within this time is a failed start (a slow USB camera takes a "
+        "few seconds).",
+    )
 
 
 class V4L2Camera(_CameraBase):
@@ -213,12 +224,36 @@ class MqttConfig(_Strict):
     discovery_prefix: str = Field("homeassistant", min_length=1, description="HA discovery prefix.")
 
 
+def public_key_bytes(text: str) -> bytes:
+    """The 32 raw bytes of a base64 Ed25519 public key; ValueError naming what is wrong."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"{len(raw)} bytes, an Ed25519 public key has 32")
+    return raw
+
+
 class SecurityConfig(_Strict):
     trusted_keys: list[str] = Field(
         [],
         description="Ed25519 public keys (base64 of the 32 raw bytes) whose signed commands "
         "(enroll, delete, sync, unlock) are obeyed.",
     )
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys_parse(cls, keys: list[str]) -> list[str]:
+        # Checked here, so `validate-config` (the unit's ExecStartPre=) catches a bad key
+        # instead of the door failing at start in a restart loop.
+        for i, text in enumerate(keys):
+            try:
+                public_key_bytes(text)
+            except ValueError as err:
+                raise ValueError(f"trusted_keys[{i}] {text[:60]!r}: {err}") from None
+        return keys
+
     max_validity_s: StrictFloat = Field(
         30.0, gt=0, le=3600, description="Longest a signed request may stay valid (exp - iat)."
     )
@@ -228,6 +263,38 @@ class SecurityConfig(_Strict):
     insecure_local_dev: StrictBool = Field(
         False,
         description="Accept unsigned commands. For a lab bench only: logged loudly at start.",
+    )
+
+
+class LimitsConfig(_Strict):
+    """Bounds on what one input may cost: photos from the CLI or MQTT, and MQTT requests."""
+
+    max_image_pixels: StrictInt = Field(
+        16_000_000,
+        ge=10_000,
+        le=100_000_000,
+        description="Largest picture (width × height) decoded anywhere. Read from the file's "
+        "header before decoding, so a small file declaring a huge picture is refused unread.",
+    )
+    max_image_file_bytes: StrictInt = Field(
+        50 * 2**20,
+        ge=2**16,
+        le=2**30,
+        description="Largest image file read from disk (photos on the command line, folders).",
+    )
+    max_request_pixels: StrictInt = Field(
+        40_000_000,
+        ge=10_000,
+        le=1_000_000_000,
+        description="Total pixels of the photos of one enroll request, all decoded together.",
+    )
+    max_request_s: StrictFloat = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Longest an enroll or sync request may work; past it the request fails "
+        "and nothing of it is stored. Unlock, delete and list have their own lane and never wait "
+        "behind it.",
     )
 
 
@@ -354,6 +421,7 @@ class Config(_Strict):
     )
     store: StoreConfig = Field(default_factory=StoreConfig, description="Template store.")
     enroll: EnrollConfig = Field(default_factory=EnrollConfig, description="Enrollment.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Input bounds.")
     decision: DecisionConfig = Field(default_factory=DecisionConfig, description="Unlock policy.")
     liveness: LivenessConfig = Field(default_factory=LivenessConfig, description="Liveness.")
     relay: RelayConfig = Field(default_factory=RelayConfig, description="Door-lock relay.")

@@ -1,8 +1,9 @@
 """The door service: camera → pipeline → decision → relay and MQTT, under systemd.
 
-Threads: the frame grabber (newest frame only), MQTT's network loop and request worker, the
-relay's pulse timer, and this module's frame loop. Every exit path closes the relay, which
-leaves the door locked.
+Threads: the frame grabber (newest frame only), MQTT's network loop and its two request lanes
+(edge/request_handlers.py does the requests), the relay's pulse timer, and this module's frame
+loop. Every exit path closes the relay, which leaves the door locked. READY=1 is sent once the
+models are warm and the camera delivered its first frame.
 """
 
 from __future__ import annotations
@@ -11,24 +12,24 @@ import logging
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edge.capture import make_grabber
 from edge.config import Config
 from edge.decide import Decider, Decision, Observation
-from edge.enroll import Enroller, EnrollmentError, ReadyEmbedding, variants_from_config
-from edge.imageio import ImageError, decode_image
+from edge.enroll import Enroller, variants_from_config
 from edge.liveness import eye_aspect_ratio
-from edge.match import Gallery, threshold_for
+from edge.match import threshold_for
+from edge.opener import DoorOpener
 from edge.pipeline import Pipeline
 from edge.relay import Relay, make_relay
-from edge.store import Store, StoreState
+from edge.request_handlers import RequestHandlers
+from edge.store import Store
 from edge.systemd import notify, watchdog_interval_s
+from edge.templates import Templates
 from edge.vision.quality import FaceRejected
 
 log = logging.getLogger(__name__)
@@ -38,15 +39,6 @@ GALLERY_REFRESH_S = 2.0  # local `edge enroll` / `edge delete` reach a running d
 
 class DoorError(RuntimeError):
     """The door cannot start (no camera configured, store unreadable, ...)."""
-
-
-def state_dict(state: StoreState, model_id: str) -> dict[str, Any]:
-    return {
-        "version": state.version,
-        "hash": state.hash,
-        "count": state.persons,
-        "model_id": model_id,
-    }
 
 
 class Door:
@@ -64,7 +56,8 @@ class Door:
         self.cfg = cfg
         self.on_decision = on_decision
         self.exit_at_end = exit_at_end
-        # Set by the demo and tests to hold the camera until enrollment has been sent.
+        # Set by the demo and tests: after the first frame the camera waits for this gate, so
+        # enrollment can be sent to a ready door before its clip plays.
         self.camera_gate = camera_gate
         self._stop = threading.Event()
         self.ready = threading.Event()
@@ -72,13 +65,15 @@ class Door:
         self.store: Store | None = None
         self.pipeline: Pipeline | None = None
         self.mqtt: Any = None
-        self._gallery_lock = threading.Lock()
-        self._gallery: Gallery | None = None
-        self._gallery_version = -1
+        self.templates: Templates | None = None
+        self.opener: DoorOpener | None = None
+        self.requests: RequestHandlers | None = None
         self.decider = Decider(cfg.decision, cfg.liveness)
-        # Recent decisions for the demo and tests; bounded for a door that runs for months.
-        self.decisions: deque[dict[str, Any]] = deque(maxlen=1000)
-        self._timers: list[threading.Timer] = []
+
+    @property
+    def decisions(self) -> list[dict[str, Any]]:
+        """Recent decisions (bounded), for the demo and tests."""
+        return list(self.opener.recent) if self.opener is not None else []
 
     # -- lifecycle ---------------------------------------------------------------------------
     def stop(self) -> None:
@@ -89,47 +84,60 @@ class Door:
             signal.signal(sig, lambda *_: self.stop())
 
     def run(self) -> int:
-        state_dir = self.cfg.resolve(self.cfg.daemon.state_dir)
+        cfg = self.cfg
+        state_dir = cfg.resolve(cfg.daemon.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         try:
             # The relay first: from here on, every exit path relocks it.
-            self.relay = make_relay(self.cfg.relay, state_dir)
+            self.relay = make_relay(cfg.relay, state_dir)
             self.relay.lock()
-            self.store = Store.open(self.cfg)
-            self.pipeline = Pipeline(self.cfg, video=True)  # warmed up when constructed
-            self.enroller = Enroller(
-                self.pipeline,
-                self.store,
-                variants=variants_from_config(self.cfg.enroll),
-                keep_crops=self.cfg.store.keep_crops,
-            )
-            self._refresh_gallery(force=True)
-            if self.cfg.mqtt is not None:
+            self.store = Store.open(cfg)
+            self.pipeline = Pipeline(cfg, video=True)  # warmed up when constructed
+            if cfg.mqtt is not None:
                 from edge.mqtt.client import MqttService
 
                 self.mqtt = MqttService(
-                    self.cfg.mqtt,
-                    self.cfg.security,
-                    state_dir,
-                    self._handle,
-                    resolve=self.cfg.resolve,
+                    cfg.mqtt, cfg.security, state_dir, self._handle, resolve=cfg.resolve
                 )
-                self.mqtt.start()
-                # Ready without a broker too: events wait in the outbox until it is back.
-                if not self.mqtt.wait_ready(self.cfg.mqtt.connect_timeout_s):
-                    log.warning("broker not reachable yet; events are queued until it is")
-                self._publish_state()
-                self.mqtt.publish_lock(True)
-            self.ready.set()
-            notify("READY=1")
-            while self.camera_gate is not None and not self.camera_gate.wait(0.2):
-                if self._stop.is_set():
-                    return 0
-            grabber = make_grabber(self.cfg.camera, self.cfg.resolve)
+            self.templates = Templates(
+                self.store,
+                self.pipeline.model_id,
+                self.mqtt.publish_state if self.mqtt is not None else None,
+            )
+            self.templates.refresh(force=True)
+            self.opener = DoorOpener(
+                self.relay,
+                self.mqtt,
+                cfg.mqtt.device_id if cfg.mqtt else None,
+                snapshots=bool(cfg.mqtt and cfg.mqtt.snapshot),
+                on_decision=self._decided,
+            )
+            self.requests = RequestHandlers(
+                self.templates,
+                self.pipeline.embedder.dim,
+                Enroller(
+                    self.pipeline,
+                    self.store,
+                    variants=variants_from_config(cfg.enroll),
+                    keep_crops=cfg.store.keep_crops,
+                ),
+                self.opener,
+                cfg.limits,
+                cfg.relay.pulse_s,
+                audit=self.mqtt.publish_audit if self.mqtt is not None else None,
+            )
+            grabber = make_grabber(cfg.camera, cfg.resolve, hold=self.camera_gate)
             grabber.start()
             try:
+                self._start_mqtt()
+                self._wait_for_camera(grabber)
+                self.ready.set()
+                notify("READY=1")
                 notify(f"STATUS=watching {grabber.source.describe()}")
-                log.info("door ready: %d people enrolled", len(set(self._gallery.labels)))
+                log.info("door ready: %d people enrolled", self.templates.state()["count"])
+                while self.camera_gate is not None and not self.camera_gate.wait(0.2):
+                    if self._stop.is_set():
+                        return 0
                 self._frame_loop(grabber)
             finally:
                 grabber.stop()
@@ -138,11 +146,35 @@ class Door:
             notify("STOPPING=1")
             self._shutdown()
 
+    def _start_mqtt(self) -> None:
+        if self.mqtt is None:
+            return
+        self.mqtt.start()
+        # Ready without a broker too: events wait in the outbox until it is back.
+        if not self.mqtt.wait_ready(self.cfg.mqtt.connect_timeout_s):
+            log.warning("broker not reachable yet; events are queued until it is")
+        self.templates.announce()
+        self.mqtt.publish_lock(True)
+
+    def _wait_for_camera(self, grabber) -> None:
+        """READY only once frames come: a camera that never opens is a failed start."""
+        timeout = self.cfg.camera.start_timeout_s
+        log.info("waiting up to %g s for the first frame of %s", timeout, grabber.source.describe())
+        deadline = time.monotonic() + timeout
+        while not grabber.wait_first_frame(min(0.5, max(deadline - time.monotonic(), 0))):
+            if self._stop.is_set():
+                raise DoorError("stopped while waiting for the camera")
+            if not grabber.running or time.monotonic() >= deadline:
+                why = grabber.error or ("source ended" if grabber.ended else "no frame yet")
+                raise DoorError(
+                    f"camera {grabber.source.describe()} delivered no frame within "
+                    f"{timeout:g} s (camera.start_timeout_s): {why}"
+                )
+
     def _shutdown(self) -> None:
         self._stop.set()
-        for t in self._timers:
-            t.cancel()
         for name, close in (
+            ("relock announcements", lambda: self.opener and self.opener.close()),
             ("relay", lambda: self.relay and self.relay.lock()),
             ("lock state", lambda: self.mqtt and self.mqtt.publish_lock(True)),
             ("mqtt", lambda: self.mqtt and self.mqtt.stop()),
@@ -177,7 +209,7 @@ class Door:
             if now - last_refresh >= GALLERY_REFRESH_S:
                 last_refresh = now
                 try:
-                    self._refresh_gallery()
+                    self.templates.refresh()
                 except Exception:  # a busy or broken store: keep the templates we have
                     log.exception("reloading templates failed")
             if frame is None:
@@ -213,8 +245,7 @@ class Door:
                 self.decider.no_face(frame.t_capture)
                 return False
             return True  # a face, but not good enough to judge: neither vote nor failure
-        with self._gallery_lock:
-            gallery = self._gallery
+        gallery = self.templates.gallery
         match = gallery.search(r.embedding) if gallery is not None else None
         thr = threshold_for(self.cfg.match, r.masked)
         score = match.score if match and match.label else -1.0
@@ -239,14 +270,6 @@ class Door:
         return True
 
     def _act(self, d: Decision, image: np.ndarray) -> None:
-        event = d.as_dict()
-        event["device"] = self.cfg.mqtt.device_id if self.cfg.mqtt else None
-        event["name"] = self._name(d.person)
-        if d.decision == "unlock" and self.relay is not None:
-            self.relay.pulse()
-            if self.mqtt:
-                self.mqtt.publish_lock(False)
-                self._announce_relock(self.cfg.relay.pulse_s)
         log.info(
             "%s: person=%s score=%.3f threshold=%.3f masked=%s liveness=%s (%s)",
             d.decision,
@@ -257,33 +280,13 @@ class Door:
             d.liveness,
             d.reason,
         )
-        self.decisions.append(event)
-        if self.mqtt:
-            try:
-                self.mqtt.publish_event(event)
-            except Exception:  # the door already acted; losing the radio must not undo that
-                log.exception("event %s could not be queued", event["event_id"])
-            if self.cfg.mqtt and self.cfg.mqtt.snapshot:
-                ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
-                if ok:
-                    self.mqtt.publish_snapshot(buf.tobytes())
-        if self.on_decision:
+        event = {**d.as_dict(), "name": self._name(d.person)}
+        open_s = self.cfg.relay.pulse_s if d.decision == "unlock" else None
+        self.opener.decided(event, open_s=open_s, image=image)
+
+    def _decided(self, event: dict[str, Any]) -> None:
+        if self.on_decision is not None:  # read late: the demo sets it after start
             self.on_decision(event)
-
-    def _announce_relock(self, seconds: float) -> None:
-        """Tell Home Assistant the door is locked again once the pulse is over."""
-        timer = threading.Timer(seconds, self._publish_locked)
-        timer.daemon = True
-        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
-        timer.start()
-
-    def _publish_locked(self) -> None:
-        if self.mqtt is None or self._stop.is_set():
-            return
-        if self.relay is not None and self.relay.unlocked:
-            self._announce_relock(0.5)  # a longer pulse extended this one: not locked yet
-            return
-        self.mqtt.publish_lock(True)
 
     def _name(self, person: str | None) -> str | None:
         if person is None or self.store is None:
@@ -293,148 +296,6 @@ class Door:
         except Exception:
             return None
 
-    # -- templates ---------------------------------------------------------------------------
-    def _refresh_gallery(self, force: bool = False) -> None:
-        """Load the templates when the store's version moved (MQTT or a local `edge enroll`)."""
-        assert self.store is not None and self.pipeline is not None
-        state = self.store.state()
-        if not force and state.version == self._gallery_version:
-            return
-        gallery = self.store.gallery(self.pipeline.model_id)
-        with self._gallery_lock:
-            # Two threads may refresh at once: never let an older set replace a newer one.
-            if force or state.version >= self._gallery_version:
-                self._gallery, self._gallery_version = gallery, state.version
-        log.info("templates v%d loaded: %d people", state.version, state.persons)
-
-    def _publish_state(self) -> StoreState:
-        assert self.store is not None and self.pipeline is not None
-        state = self.store.state(self.pipeline.model_id)  # what this door can match against
-        if self.mqtt:
-            self.mqtt.publish_state(state_dict(state, self.pipeline.model_id))
-        return state
-
-    def _changed(self) -> dict[str, Any]:
-        self._refresh_gallery(force=True)
-        return state_dict(self._publish_state(), self.pipeline.model_id)
-
-    # -- MQTT requests (called on the MQTT worker thread) -------------------------------------
     def _handle(self, action: str, payload: Any, verified: Any) -> dict[str, Any]:
-        from edge.mqtt.client import RequestFailed
-        from edge.relay import RelayError
-        from edge.store import StoreError
-
-        audit = {
-            "time": time.time(),
-            "action": action,
-            "request_id": verified.id,
-            "key_id": verified.key_id,
-            "signed": verified.signed,
-        }
-        outcome: dict[str, Any] = {"status": "error", "error": "internal error"}
-        try:
-            result = self._dispatch(action, payload, verified)
-            outcome = {"status": "ok"}
-            return result
-        except (EnrollmentError, StoreError, RelayError, ImageError, ValueError) as err:
-            outcome = {"status": "error", "error": str(err)}
-            raise RequestFailed(str(err)) from None
-        finally:
-            if self.mqtt and action != "list":
-                try:
-                    self.mqtt.publish_audit({**audit, **outcome})
-                except Exception:
-                    log.exception("audit record for %s could not be queued", verified.id)
-
-    def _dispatch(self, action: str, payload: Any, verified: Any) -> dict[str, Any]:
-        handler = {
-            "enroll": self._enroll,
-            "delete": self._delete,
-            "list": self._list,
-            "sync": self._sync,
-            "unlock": self._unlock,
-        }.get(action)
-        if handler is None:
-            raise ValueError(f"unknown action {action!r}")
-        return handler(payload, verified)
-
-    def _enroll(self, p: Any, _v: Any) -> dict[str, Any]:
-        assert self.store is not None
-        if p.images:
-            # The message layer has checked and base64-decoded the images already.
-            images = [decode_image(data, f"image {i}") for i, data in enumerate(p.images, 1)]
-            self.enroller.enroll_photos(p.person_id, p.name, images, replace=p.replace)
-        else:
-            ready = [
-                ReadyEmbedding(e.model_id, np.asarray(e.vector, np.float32), e.masked)
-                for e in p.embeddings
-            ]
-            self.enroller.enroll_embeddings(p.person_id, p.name, ready, replace=p.replace)
-        info = self.store.get(p.person_id)
-        return {"person_id": p.person_id, "templates": info.templates, "state": self._changed()}
-
-    def _delete(self, p: Any, _v: Any) -> dict[str, Any]:
-        assert self.store is not None
-        self.store.delete(p.person_id)
-        return {"person_id": p.person_id, "state": self._changed()}
-
-    def _list(self, _p: Any, v: Any) -> dict[str, Any]:
-        assert self.store is not None
-        # `list` may come unsigned: names (encrypted at rest) only go to a signed request.
-        persons = [
-            {
-                "person_id": i.person_id,
-                "name": i.name if v.signed else None,
-                "templates": i.templates,
-                "updated": i.updated,
-            }
-            for i in self.store.list()
-        ]
-        state = state_dict(self.store.state(self.pipeline.model_id), self.pipeline.model_id)
-        return {"persons": persons, "state": state}
-
-    def _sync(self, p: Any, _v: Any) -> dict[str, Any]:
-        assert self.store is not None
-        batch = []
-        for person in p.persons:
-            ready = [
-                ReadyEmbedding(e.model_id, np.asarray(e.vector, np.float32), e.masked)
-                for e in person.embeddings
-            ]
-            batch.append((person.person_id, person.name, self.enroller.check_embeddings(ready)))
-        self.store.replace_all(batch)
-        return {"persons": len(batch), "state": self._changed()}
-
-    def _unlock(self, p: Any, v: Any) -> dict[str, Any]:
-        assert self.relay is not None
-        seconds = p.seconds or self.cfg.relay.pulse_s
-        reason = (p.reason or "no reason given")[:150]  # events cap reasons at 200 characters
-        d = Decision(
-            "unlock",
-            None,
-            0.0,
-            0.0,
-            False,
-            "n/a",
-            0,
-            0.0,
-            f"remote unlock: {reason}",
-        )
-        event = {
-            **d.as_dict(),
-            "device": self.cfg.mqtt.device_id if self.cfg.mqtt else None,
-            "name": None,  # who asked is in the audit record
-        }
-        self.relay.pulse(seconds)
-        # From here on the door is open: nothing below may turn that into an error reply.
-        self.decisions.append(event)
-        if self.mqtt:
-            try:
-                self.mqtt.publish_lock(False)
-                self._announce_relock(seconds)
-                self.mqtt.publish_event(event)
-            except Exception:
-                log.exception("remote unlock %s: event could not be queued", d.event_id)
-        if self.on_decision:
-            self.on_decision(event)
-        return {"unlocked_s": seconds, "event_id": d.event_id}
+        # Called on an MQTT lane; the handlers exist before MQTT starts.
+        return self.requests.handle(action, payload, verified)

@@ -82,6 +82,38 @@ class ReadyEmbedding:
     masked: bool
 
 
+def check_embeddings(
+    embeddings: Sequence[ReadyEmbedding], model_id: str, dim: int
+) -> list[Template]:
+    """Ready embeddings from a server as templates; only this door's model id is accepted.
+
+    Embeddings of another model are refused rather than guessed at: the store keeps the
+    aligned crops of photo enrollments, so templates are re-computed locally on a model
+    change, and a server re-sends embeddings made by the door's model.
+    """
+    if not embeddings:
+        raise EnrollmentError("no_embeddings", "no embeddings given")
+    out = []
+    for i, e in enumerate(embeddings, 1):
+        if e.model_id != model_id:
+            raise EnrollmentError(
+                "wrong_model",
+                f"embedding {i} was made by model {e.model_id!r}; this door runs {model_id!r}",
+            )
+        v = np.asarray(e.vector, np.float32).ravel()
+        if v.shape[0] != dim or not np.all(np.isfinite(v)):
+            raise EnrollmentError(
+                "bad_embedding",
+                f"embedding {i} has {v.shape[0]} values (or non-finite ones); "
+                f"{dim} finite values expected",
+            )
+        norm = float(np.linalg.norm(v))
+        if norm < 1e-6:
+            raise EnrollmentError("bad_embedding", f"embedding {i} is all zeros")
+        out.append(Template(v / norm, e.model_id, e.masked, False, "server", None))
+    return out
+
+
 class Enroller:
     def __init__(
         self,
@@ -109,11 +141,17 @@ class Enroller:
             crop_jpeg=crop,
         )
 
-    def templates_from_photos(self, images: Sequence[np.ndarray]) -> list[Template]:
+    def templates_from_photos(
+        self, images: Sequence[np.ndarray], check: Callable[[], None] | None = None
+    ) -> list[Template]:
+        """Templates of each photo and its variants. `check` runs before each pipeline pass and
+        may raise to give up (a request past its time limit)."""
         if not images:
             raise EnrollmentError("no_photos", "no photos given")
+        check = check or (lambda: None)
         out: list[Template] = []
         for i, image in enumerate(images, 1):
+            check()
             try:
                 r = self.pipeline.process(image, still=True)
             except FaceRejected as err:
@@ -126,6 +164,7 @@ class Enroller:
             out.append(self._template(r, synthetic=False, source="photo"))
             for make in self.variants:
                 for name, variant in make(image, r):
+                    check()
                     try:
                         rv = self.pipeline.process(variant, still=True)
                     except FaceRejected as err:
@@ -145,34 +184,7 @@ class Enroller:
         return state
 
     def check_embeddings(self, embeddings: Sequence[ReadyEmbedding]) -> list[Template]:
-        """Ready embeddings from a server; only this door's model id is accepted.
-
-        Embeddings of another model are refused rather than guessed at: the store keeps the
-        aligned crops of photo enrollments, so templates are re-computed locally on a model
-        change, and a server re-sends embeddings made by the door's model.
-        """
-        if not embeddings:
-            raise EnrollmentError("no_embeddings", "no embeddings given")
-        out = []
-        for i, e in enumerate(embeddings, 1):
-            if e.model_id != self.pipeline.model_id:
-                raise EnrollmentError(
-                    "wrong_model",
-                    f"embedding {i} was made by model {e.model_id!r}; this door runs "
-                    f"{self.pipeline.model_id!r}",
-                )
-            v = np.asarray(e.vector, np.float32).ravel()
-            if v.shape[0] != self.pipeline.embedder.dim or not np.all(np.isfinite(v)):
-                raise EnrollmentError(
-                    "bad_embedding",
-                    f"embedding {i} has {v.shape[0]} values (or non-finite ones); "
-                    f"{self.pipeline.embedder.dim} finite values expected",
-                )
-            norm = float(np.linalg.norm(v))
-            if norm < 1e-6:
-                raise EnrollmentError("bad_embedding", f"embedding {i} is all zeros")
-            out.append(Template(v / norm, e.model_id, e.masked, False, "server", None))
-        return out
+        return check_embeddings(embeddings, self.pipeline.model_id, self.pipeline.embedder.dim)
 
     def enroll_embeddings(
         self,

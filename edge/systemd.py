@@ -61,26 +61,61 @@ class _SyslogPrefix(logging.Formatter):
         return f"<{prio}>{super().format(record)}"
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    """Journal with structured fields under systemd, plain stderr otherwise."""
+# journald's socket for native (structured) entries, where JournalHandler sends them.
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+
+def journal_reachable(path: str = JOURNAL_SOCKET) -> bool:
+    """journald is listening: a datagram sent to its socket would be read."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+        return True
+    except OSError:
+        return False
+
+
+def stderr_is_journal() -> bool:
+    """systemd connected our stderr to the journal ($JOURNAL_STREAM names its device:inode)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"
+
+
+def setup_logging(level: int = logging.INFO) -> str:
+    """Log to the journal (structured) when it is reachable, else to stderr; returns which.
+
+    A JournalHandler whose journald is not listening drops every line silently (seen with
+    NOTIFY_SOCKET set outside a real systemd), so the journal is used only when its socket
+    answers; stderr connected to the journal gets syslog priority prefixes instead of times.
+    """
     root = logging.getLogger()
     root.setLevel(level)
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler: logging.Handler
-    if under_systemd():
+    handler: logging.Handler | None = None
+    sink = "stderr"
+    if under_systemd() and journal_reachable():
         try:
             from systemd.journal import JournalHandler  # type: ignore[import-not-found]
 
             handler = JournalHandler(SYSLOG_IDENTIFIER="maskgate")
             handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+            sink = "journal"
         except ImportError:
-            # journald reads stderr and its "<N>" syslog priority prefix; it adds the time.
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(_SyslogPrefix("%(name)s: %(message)s"))
-    else:
+            pass
+    if handler is None and stderr_is_journal():
+        # journald reads stderr and its "<N>" syslog priority prefix; it adds the time.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_SyslogPrefix("%(name)s: %(message)s"))
+        sink = "journal stream"
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
         )
     root.addHandler(handler)
+    return sink

@@ -102,6 +102,31 @@ def test_compare_corrupt_and_missing_files(tmp_path: Path, test_data: Path) -> N
     assert proc.returncode == 2 and "nope.jpg" in proc.stderr
 
 
+def test_cli_commands_refuse_decompression_bombs_with_the_configured_bound(
+    tmp_path: Path, test_data: Path
+) -> None:
+    from test_imageio import png_bomb
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb(6000, 6000))  # 36 MP declared in a tiny file
+    obama = str(test_data / "face_recognition/obama.jpg")
+    base = (REPO_ROOT / "config.yaml").read_text().replace("models/", f"{REPO_ROOT}/models/")
+    own = tmp_path / "config.yaml"  # the default, with its state (the store) in tmp_path
+    own.write_text(base + f"daemon:\n  state_dir: {tmp_path / 'state'}\n")
+    for args in (("compare", str(bomb), obama), ("embed", str(bomb)), ("enroll", "eve", str(bomb))):
+        proc = cli("-c", str(own), *args, check=False)
+        assert proc.returncode == 2, args
+        assert "bomb.png: PNG of 6000×6000 pixels (36.0 MP) exceeds limits.max_image_pixels" in (
+            proc.stderr
+        ), proc.stderr
+    assert not (tmp_path / "state").exists()  # the refused enroll left no store behind
+    # The bound is the config's: raised, the same file is read (and has no face).
+    roomy = tmp_path / "roomy.yaml"
+    roomy.write_text(base + "limits:\n  max_image_pixels: 40000000\n")
+    proc = cli("-c", str(roomy), "compare", str(bomb), obama, check=False)
+    assert proc.returncode == 2 and "no_face" in proc.stderr, proc.stderr
+
+
 def test_compare_no_face(test_data: Path) -> None:
     proc = cli(
         "compare",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from edge.config import LimitsConfig
 from edge.imageio import ImageError, decode_image, read_image
 
 
@@ -43,8 +46,10 @@ def test_other_pixel_formats_become_three_channel_uint8(tmp_path: Path, kind: st
 
 
 def test_decode_image_uses_the_given_name() -> None:
-    with pytest.raises(ImageError, match=r"^upload\.jpg: not a decodable image"):
-        decode_image(b"GIF89a not really", "upload.jpg")
+    with pytest.raises(
+        ImageError, match=r"^upload\.jpg: not a decodable image: not JPEG, PNG, WebP or BMP"
+    ):
+        decode_image(b"not an image at all", "upload.jpg")
     with pytest.raises(ImageError, match=r"^frame: empty file"):
         decode_image(b"", "frame")
 
@@ -52,7 +57,7 @@ def test_decode_image_uses_the_given_name() -> None:
 def test_random_bytes_are_an_image_error(tmp_path: Path) -> None:
     bad = tmp_path / "noise.jpg"
     bad.write_bytes(np.random.default_rng(1).bytes(4096))
-    with pytest.raises(ImageError, match="not a decodable image") as err:
+    with pytest.raises(ImageError, match="corrupt or unsupported format") as err:
         read_image(bad)
     assert str(bad) in str(err.value)
 
@@ -79,3 +84,99 @@ def test_missing_file_is_an_image_error(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="cannot read") as err:
         read_image(tmp_path / "absent.jpg")
     assert "absent.jpg" in str(err.value)
+
+
+# ------------------------------------------------------------------ decompression bombs
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A real, valid PNG of width×height black pixels: tiny on disk, huge decoded.
+
+    Written row by row through zlib so the test never holds the decoded picture itself.
+    """
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    comp = zlib.compressobj(9)
+    row = b"\x00" * (1 + 3 * width)  # filter byte + RGB
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def declared(data: bytes, fmt: str, width: int, height: int) -> bytes:
+    """A real small image whose header is patched to declare width×height."""
+    b = bytearray(data)
+    if fmt == "jpg":
+        pos = 2
+        while b[pos + 1] not in (0xC0, 0xC1, 0xC2):
+            pos += 2 + struct.unpack(">H", b[pos + 2 : pos + 4])[0]
+        b[pos + 5 : pos + 9] = struct.pack(">HH", height, width)
+    elif fmt == "bmp":
+        b[18:26] = struct.pack("<ii", width, height)
+    elif fmt == "webp":  # lossy VP8: 14-bit sizes after the start code
+        assert bytes(b[12:16]) == b"VP8 "
+        b[26:30] = struct.pack("<HH", width, height)
+    return bytes(b)
+
+
+def test_png_bombs_are_refused_from_the_header_alone() -> None:
+    small = png_bomb(6000, 6000)  # the 35 KB PNG of the report: 108 MB decoded
+    assert len(small) < 200_000
+    with pytest.raises(
+        ImageError, match=r"bomb\.png: PNG of 6000×6000 pixels \(36\.0 MP\) exceeds"
+    ):
+        decode_image(small, "bomb.png")
+    # Within the bound the same construction decodes: the refusal is the size, not the file.
+    ok = decode_image(png_bomb(2000, 1500), "fine.png")
+    assert ok.shape == (1500, 2000, 3)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "size"), [("jpg", (60000, 60000)), ("bmp", (30000, 20000)), ("webp", (16000, 16000))]
+)
+def test_huge_declared_sizes_are_refused_before_decoding(
+    test_data: Path, fmt: str, size: tuple[int, int]
+) -> None:
+    photo = cv2.imread(str(test_data / "face_recognition/obama.jpg"))
+    params = [cv2.IMWRITE_WEBP_QUALITY, 90] if fmt == "webp" else []  # lossy: a VP8 header
+    ok, buf = cv2.imencode(f".{fmt}", photo[:200, :200], params)
+    assert ok
+    data = declared(buf.tobytes(), fmt, *size)
+    with pytest.raises(ImageError, match=r"exceeds limits\.max_image_pixels"):
+        decode_image(data, f"x.{fmt}")
+    # The unpatched file is fine.
+    assert decode_image(buf.tobytes(), f"x.{fmt}").shape == (200, 200, 3)
+
+
+@pytest.mark.parametrize(
+    ("ext", "kind"), [(".tiff", "TIFF"), (".ppm", "PNM"), (".hdr", "Radiance HDR")]
+)
+def test_other_decodable_formats_are_refused_by_name(ext: str, kind: str) -> None:
+    image = np.zeros((20, 20, 3), np.float32 if ext == ".hdr" else np.uint8)
+    ok, buf = cv2.imencode(ext, image)
+    assert ok and cv2.imdecode(buf, cv2.IMREAD_COLOR) is not None  # OpenCV would decode it
+    with pytest.raises(ImageError, match=f"x{ext}: {kind} images are not accepted"):
+        decode_image(buf.tobytes(), f"x{ext}")
+    for magic, name in ((b"GIF89a", "GIF"), (b"v/1\x01", "OpenEXR")):
+        with pytest.raises(ImageError, match=f"{name} images are not accepted"):
+            decode_image(magic + b"\0" * 64, "y")
+
+
+def test_the_bounds_come_from_config(tmp_path: Path) -> None:
+    photo = tmp_path / "p.png"
+    photo.write_bytes(png_bomb(400, 300))
+    with pytest.raises(ImageError, match=r"0\.1 MP"):
+        read_image(photo, LimitsConfig(max_image_pixels=100_000))
+    assert read_image(photo, LimitsConfig(max_image_pixels=120_000)).shape == (300, 400, 3)
+    noise = tmp_path / "noise.png"  # incompressible: well over 64 KiB on disk
+    assert cv2.imwrite(
+        str(noise), np.random.default_rng(0).integers(0, 256, (200, 200, 3), np.uint8)
+    )
+    with pytest.raises(
+        ImageError, match=r"noise\.png: file of 0\.1 MiB exceeds limits\.max_image_file_bytes"
+    ):
+        read_image(noise, LimitsConfig(max_image_file_bytes=2**16))

@@ -38,3 +38,15 @@ def test_vision_knows_nothing_of_mqtt_or_relays() -> None:
 def test_console_script_is_declared() -> None:
     text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert 'maskgate = "edge.__main__:main"' in text
+
+
+def test_mqtt_store_and_relay_know_nothing_of_each_other() -> None:
+    # The door (daemon.py, request_handlers.py, opener.py) wires them; they stay apart.
+    parts = {"mqtt": "edge.mqtt", "store": "edge.store", "relay": "edge.relay"}
+    for part, own in parts.items():
+        for path in (REPO_ROOT / "edge" / part).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            for other in set(parts.values()) - {own}:
+                assert f"from {other}" not in text and f"import {other}" not in text, (
+                    f"{path.relative_to(REPO_ROOT)} imports {other}"
+                )

@@ -28,8 +28,8 @@ from edge.mqtt.messages import (
     SyncPayload,
     UnlockPayload,
 )
+from edge.mqtt.nonces import NonceLedger
 from edge.mqtt.signing import (
-    NonceCache,
     RequestRefused,
     Verifier,
     canonical_bytes,
@@ -223,13 +223,31 @@ def test_clock_skew_is_tolerated(keys: dict[str, Any]) -> None:
     v.verify(T.request("unlock"), raw(signed(keys, "unlock", {}, now=NOW - 14)), False)
 
 
-def test_requests_issued_before_the_door_started_are_refused(keys: dict[str, Any]) -> None:
-    """Used nonces are kept in memory: after a restart, an older request could be a replay."""
+def test_requests_issued_before_the_ledger_existed_are_refused(keys: dict[str, Any]) -> None:
+    """A new (or wiped) ledger knows no earlier nonce: an older request could be a replay."""
     clock = Clock(NOW)
     v = make_verifier(keys, clock, clock_skew_s=5, max_validity_s=60)
-    old = signed(keys, "unlock", {}, now=NOW - 30, validity_s=60)  # still valid, but pre-start
-    assert refused(v, T.request("unlock"), raw(old)).code == "before_start"
+    old = signed(keys, "unlock", {}, now=NOW - 30, validity_s=60)  # still valid, but older
+    assert refused(v, T.request("unlock"), raw(old)).code == "predates_ledger"
     v.verify(T.request("unlock"), raw(signed(keys, "unlock", {}, now=NOW - 3)), False)
+
+
+def test_a_durable_ledger_refuses_replays_after_a_restart(
+    keys: dict[str, Any], tmp_path: Path
+) -> None:
+    clock = Clock(NOW)
+    sec = SecurityConfig(trusted_keys=[keys["pub"]], max_validity_s=60)
+    first = Verifier(sec, "door1", clock=clock, nonces=NonceLedger(tmp_path / "n.db", clock=clock))
+    used = raw(signed(keys, "unlock", {}, now=NOW, validity_s=60))
+    first.verify(T.request("unlock"), used, False)
+    first.nonces.close()
+    clock.now = NOW + 10  # the door restarted; the request is still valid
+    ledger = NonceLedger(tmp_path / "n.db", clock=clock)
+    again = Verifier(sec, "door1", clock=clock, nonces=ledger)
+    assert refused(again, T.request("unlock"), used).code == "replayed"
+    # A request issued before the restart but never seen is served: the ledger is older.
+    unseen = raw(signed(keys, "unlock", {}, now=NOW + 1, validity_s=60))
+    assert again.verify(T.request("unlock"), unseen, False).signed
 
 
 def test_refusal_keeps_the_request_id(keys: dict[str, Any]) -> None:
@@ -283,8 +301,10 @@ def test_insecure_local_dev_accepts_unsigned_and_says_so(
 
 
 def test_bad_trusted_key_is_a_config_error() -> None:
-    with pytest.raises(ValueError, match=r"trusted_keys\[1\]: 18 bytes"):
-        Verifier(SecurityConfig(trusted_keys=[generate_keypair()[1], "A" * 24]), "door1")
+    with pytest.raises(ValueError, match=r"trusted_keys\[1\] 'AAAA.*': 18 bytes"):
+        SecurityConfig(trusted_keys=[generate_keypair()[1], "A" * 24])
+    with pytest.raises(ValueError, match=r"trusted_keys\[0\] 'not-a-key!!': not base64"):
+        SecurityConfig(trusted_keys=["not-a-key!!"])
 
 
 def test_concurrent_replays_accept_exactly_one(keys: dict[str, Any]) -> None:
@@ -311,20 +331,14 @@ def test_concurrent_replays_accept_exactly_one(keys: dict[str, Any]) -> None:
     assert len(accepted) == 1 and codes == ["replayed"] * 15
 
 
-def test_nonce_cache_is_bounded_and_forgets_expired() -> None:
-    cache = NonceCache(max_size=3)
-    for i in range(3):
-        assert cache.add(f"{i:016x}", keep_until=100.0, now=0.0)
-    assert not cache.add(f"{0:016X}", keep_until=100.0, now=1.0)  # hex case does not matter
-    with pytest.raises(OverflowError):
-        cache.add("f" * 16, keep_until=100.0, now=1.0)
-    assert cache.add("f" * 16, keep_until=300.0, now=200.0)  # the old ones expired
-    assert len(cache) == 1
-
-
-def test_a_full_nonce_cache_refuses_rather_than_forgets(keys: dict[str, Any]) -> None:
-    v = make_verifier(keys)
-    v._nonces = NonceCache(max_size=1)  # a tiny cache, to reach the bound
+def test_a_full_ledger_refuses_rather_than_forgets(keys: dict[str, Any]) -> None:
+    clock = Clock(NOW)
+    v = Verifier(
+        SecurityConfig(trusted_keys=[keys["pub"]]),
+        "door1",
+        clock=clock,
+        nonces=NonceLedger(None, max_live=1, clock=clock),  # a tiny ledger, to reach the bound
+    )
     v.verify(T.request("unlock"), raw(signed(keys, "unlock", {})), False)
     assert refused(v, T.request("unlock"), raw(signed(keys, "unlock", {}))).code == "busy"
 

@@ -7,6 +7,7 @@ with FrameGrabber(source, reconnect_s=config.camera.reconnect_s) as grabber:
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,9 +47,11 @@ def make_source(cfg: CameraConfig, resolve: Resolve = _as_is) -> FrameSource:
     return cls.from_config(cfg, resolve)
 
 
-def make_grabber(cfg: CameraConfig, resolve: Resolve = _as_is) -> FrameGrabber:
+def make_grabber(
+    cfg: CameraConfig, resolve: Resolve = _as_is, hold: threading.Event | None = None
+) -> FrameGrabber:
     """A (not yet started) grabber over the configured source, with its reconnect delay."""
-    return FrameGrabber(make_source(cfg, resolve), reconnect_s=cfg.reconnect_s)
+    return FrameGrabber(make_source(cfg, resolve), reconnect_s=cfg.reconnect_s, hold=hold)
 
 
 __all__ = [

@@ -167,11 +167,19 @@ class FrameGrabber:
 
     _EMA_ALPHA = 0.1  # decode-latency smoothing: ~10 frames of memory
 
-    def __init__(self, source: FrameSource, reconnect_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        source: FrameSource,
+        reconnect_s: float = 2.0,
+        hold: threading.Event | None = None,
+    ) -> None:
         if reconnect_s <= 0:
             raise ValueError("reconnect_s must be positive")
         self.source = source
         self.reconnect_s = reconnect_s
+        # Set by the demo and tests: after the first frame, reading waits until `hold` is set,
+        # so a clip does not run on while enrollment is still being sent.
+        self.hold = hold
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -242,6 +250,18 @@ class FrameGrabber:
                 self._cond.wait(remaining)
             frame, self._slot = self._slot, None
             return frame
+
+    def wait_first_frame(self, timeout: float) -> bool:
+        """Wait until the source delivered its first frame; False on timeout or when the
+        grabber ended or stopped without one (`error` says why)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._frames_read == 0:
+                remaining = deadline - time.monotonic()
+                if not self._running or remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
 
     def last_frame_age(self) -> float:
         """Seconds since the newest frame was captured; inf before the first one."""
@@ -341,6 +361,9 @@ class FrameGrabber:
                         self._ended = True
                     return True
                 self._publish(frame)
+                while self.hold is not None and not self.hold.is_set():
+                    if self._stop.wait(0.05):
+                        return True
             return True
         except Exception as err:
             return self._failed("read", err)

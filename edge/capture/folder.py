@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-import cv2
 import numpy as np
 
+from ..imageio import ImageError, decode_image, read_file
 from .base import CaptureError, Frame, FrameSource, Pacer, Resolve
 
 if TYPE_CHECKING:
@@ -94,16 +94,11 @@ class FolderSource(FrameSource):
 
     def _load(self, path: Path) -> tuple[np.ndarray | None, float]:
         try:
-            data = np.fromfile(path, dtype=np.uint8)
-        except OSError as err:
-            log.warning("%s: skipping %s: %s", self.describe(), path.name, err.strerror or err)
+            # Bounded like every image: a huge file or picture is skipped, not decoded.
+            data = read_file(path)
+            t0 = time.monotonic()
+            image = decode_image(data, path.name)
+        except ImageError as err:
+            log.warning("%s: skipping %s", self.describe(), err)
             return None, 0.0
-        t0 = time.monotonic()
-        try:
-            image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-        except cv2.error:
-            image = None
-        decode_ms = (time.monotonic() - t0) * 1000.0
-        if image is None:
-            log.warning("%s: skipping %s: not a readable image", self.describe(), path.name)
-        return image, decode_ms
+        return image, (time.monotonic() - t0) * 1000.0

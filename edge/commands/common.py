@@ -54,7 +54,7 @@ def open_pipeline(cfg: Config, video: bool = False) -> Iterator[Pipeline]:
 def process_file(pipe: Pipeline, path: Path | str) -> FaceResult:
     """One photo through the pipeline; unusable photos become a CommandError naming the file."""
     try:
-        return pipe.process(read_image(path))
+        return pipe.process(read_image(path, pipe.cfg.limits))
     except ImageError as err:
         raise CommandError(str(err)) from None
     except FaceRejected as err:
@@ -102,7 +102,7 @@ def embed_samples(
     progress = Progress(len(samples), "embedding")
     for i, s in enumerate(samples):
         try:
-            image = read_image(s.path)
+            image = read_image(s.path, pipe.cfg.limits)
             r = pipe.process(image)
             emb[i], masked[i] = r.embedding, r.masked
             if extra is not None:

@@ -49,8 +49,12 @@ def _store(args: argparse.Namespace):
 
 
 def run_door(args: argparse.Namespace) -> int:
+    from edge.capture import CaptureError
     from edge.daemon import Door, DoorError
     from edge.manifest import ManifestError
+    from edge.mqtt.nonces import LedgerError
+    from edge.mqtt.outbox import OutboxError
+    from edge.relay import RelayError
     from edge.store import StoreError
     from edge.systemd import setup_logging
 
@@ -65,7 +69,17 @@ def run_door(args: argparse.Namespace) -> int:
         door = Door(cfg, exit_at_end=args.exit_at_end)
         door.install_signal_handlers()
         return door.run()
-    except (DoorError, StoreError, ManifestError) as err:
+    except (
+        DoorError,
+        StoreError,
+        ManifestError,
+        RelayError,
+        CaptureError,
+        LedgerError,
+        OutboxError,
+    ) as err:
+        # A start that cannot work says why in one line; systemd's log shows it.
+        logging.getLogger("edge.daemon").error("cannot run the door: %s", err)
         raise CommandError(str(err), exit_code=1) from None
 
 
@@ -84,16 +98,21 @@ def run_enroll(args: argparse.Namespace) -> int:
     from edge.enroll import Enroller, EnrollmentError, variants_from_config
     from edge.store import StoreError
 
+    cfg = config_from(args)
+    try:
+        # The photos first: a bad one must not leave a new store (and key) behind.
+        images = [read_image(p, cfg.limits) for p in args.images]
+    except ImageError as err:
+        raise CommandError(str(err)) from None
     cfg, store = _store(args)
     try:
-        images = [read_image(p) for p in args.images]
         with open_pipeline(cfg) as pipe:
             enroller = Enroller(
                 pipe, store, variants_from_config(cfg.enroll), keep_crops=cfg.store.keep_crops
             )
             state = enroller.enroll_photos(args.person_id, args.name, images, args.replace)
         info = store.get(args.person_id)
-    except (ImageError, EnrollmentError, StoreError) as err:
+    except (EnrollmentError, StoreError) as err:
         raise CommandError(str(err)) from None
     finally:
         store.close()

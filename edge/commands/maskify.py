@@ -138,7 +138,7 @@ def _maskify_one(
     db: MaskDB,
     args: argparse.Namespace,
 ) -> list[Written]:
-    image = read_image(s.path)
+    image = read_image(s.path, pipe.cfg.limits)
     masked, mask_id = mask_face(pipe, image, rng, kind=args.kinds, db=db)
     out: list[Written] = []
     if args.keep_originals:
@@ -183,7 +183,9 @@ def run_sheet(args: argparse.Namespace) -> int:
     with open_pipeline(config_from(args)) as pipe:
         for path in paths:
             try:
-                tiles.append(sheet_pair(pipe, read_image(path), rng, args.kinds, path.stem))
+                tiles.append(
+                    sheet_pair(pipe, read_image(path, pipe.cfg.limits), rng, args.kinds, path.stem)
+                )
             except (ImageError, NoMeshError) as err:
                 skipped.append((path, str(err)))
     if not tiles:

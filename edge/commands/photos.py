@@ -109,7 +109,9 @@ def run_identify(args: argparse.Namespace) -> int:
         gallery = Gallery(pipe.embedder.dim)
         for s in samples:
             try:
-                gallery.add(s.identity, pipe.process(read_image(s.path)).embedding[None])
+                gallery.add(
+                    s.identity, pipe.process(read_image(s.path, pipe.cfg.limits)).embedding[None]
+                )
             except (ImageError, FaceRejected) as err:
                 skipped.append({"path": str(s.path), "error": str(err)})
     if not len(gallery):

@@ -3,8 +3,11 @@
 Threads:
   * paho's network thread runs the connection, reconnects with backoff and calls the on_*
     callbacks. Callbacks never block and never raise (an exception would kill that thread).
-  * one worker thread takes requests from a bounded queue, verifies them, calls the handler
-    and publishes the reply, so a slow enrollment never stalls keepalive.
+  * two request lanes, each a worker thread with a bounded queue, verify requests, call the
+    handler and publish the reply, so a slow enrollment never stalls keepalive. The fast lane
+    takes unlock, delete, list and Home Assistant's lock commands (small, quick); the slow lane
+    takes enroll and sync (photos through the pipeline, big syncs) and anything unknown. An
+    unlock therefore never waits behind a photo, and a flood on one lane cannot fill the other.
   * publish_* may be called from any thread.
 
 Events, audit records, state and the lock state go through the durable outbox (QoS 1): on
@@ -19,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from edge import __version__
 from edge.config import MqttConfig, SecurityConfig
 from edge.mqtt.discovery import LOCKED, OFFLINE, ONLINE, UNLOCKED, discovery_configs
 from edge.mqtt.messages import DoorState, Event, Reply
+from edge.mqtt.nonces import NonceLedger
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.signing import RequestRefused, VerifiedRequest, Verifier
 from edge.mqtt.topics import HA_LOCK_REPLY, Topics
@@ -45,9 +49,14 @@ log = logging.getLogger(__name__)
 Handler = Callable[[str, BaseModel, VerifiedRequest], Mapping[str, Any] | None]
 
 OUTBOX_FILE = "mqtt-outbox.db"
-# Requests waiting for the worker: beyond either bound a request is answered "busy".
+NONCES_FILE = "replay-nonces.db"  # every accepted signed request's nonce (edge.mqtt.nonces)
+# Requests waiting on a lane: beyond either bound a request is answered "busy".
 QUEUE_SIZE = 256
-MAX_QUEUED_BYTES = 128 * 1024 * 1024
+MAX_QUEUED_BYTES = 128 * 1024 * 1024  # the slow lane (photos); the fast lane holds small ones
+FAST_ACTIONS = frozenset({"unlock", "delete", "list"})
+# A real unlock, delete or list is a few hundred bytes; bigger ones are refused at once, so the
+# fast lane's memory stays small (QUEUE_SIZE × this) whatever arrives.
+MAX_FAST_REQUEST_BYTES = 64 * 1024
 MAX_SNAPSHOT_BYTES = 8 * 1024 * 1024
 MAX_AUDIT_BYTES = 256 * 1024
 # PUBACK reasons that will never turn into success: drop the row instead of retrying forever.
@@ -64,6 +73,17 @@ class _Incoming:
     payload: bytes
     retain: bool
     properties: Properties | None
+    seq: int = 0  # arrival order across both lanes
+    received: float = 0.0  # time.monotonic() at arrival
+
+
+@dataclass
+class _Lane:
+    name: str
+    max_bytes: int
+    queue: queue.Queue[_Incoming] = field(default_factory=lambda: queue.Queue(QUEUE_SIZE))
+    queued_bytes: int = 0
+    worker: threading.Thread | None = None
 
 
 def _guard(fn: Callable[..., None]) -> Callable[..., None]:
@@ -100,17 +120,24 @@ class MqttService:
     ) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.prefix, cfg.device_id, cfg.discovery_prefix)
-        self.verifier = Verifier(security, cfg.device_id, cfg.prefix, clock=clock)
-        self.outbox = Outbox(Path(state_dir) / OUTBOX_FILE)
+        self.nonces = NonceLedger(Path(state_dir) / NONCES_FILE, clock=clock)
+        self.verifier = Verifier(
+            security, cfg.device_id, cfg.prefix, clock=clock, nonces=self.nonces
+        )
+        try:
+            self.outbox = Outbox(Path(state_dir) / OUTBOX_FILE)
+        except Exception:
+            self.nonces.close()
+            raise
         self._handler = handler
         self._sw_version = sw_version
         self._resolve = resolve or (lambda p: p)
 
-        self._queue: queue.Queue[_Incoming] = queue.Queue(QUEUE_SIZE)
-        self._queued_bytes = 0
-        self._queue_lock = threading.Lock()
+        self._fast = _Lane("fast", QUEUE_SIZE * MAX_FAST_REQUEST_BYTES)
+        self._slow = _Lane("slow", MAX_QUEUED_BYTES)
+        self._queue_lock = threading.Lock()  # both lanes' byte counts and the arrival counter
+        self._seq = 0
         self._stop_event = threading.Event()
-        self._worker: threading.Thread | None = None
         self._net_thread: threading.Thread | None = None
 
         # Outbox publishing: _pub_lock serialises publishes so a PUBACK that arrives before
@@ -133,6 +160,7 @@ class MqttService:
             self._client = self._make_client(reconnect_delay_s)
         except Exception:
             self.outbox.close()
+            self.nonces.close()
             raise
 
     # ---------------------------------------------------------------- setup
@@ -188,8 +216,11 @@ class MqttService:
                 return
             self._started = True
         self._last_up = time.monotonic()
-        self._worker = threading.Thread(target=self._work, name="mqtt-requests", daemon=True)
-        self._worker.start()
+        for lane in (self._fast, self._slow):
+            lane.worker = threading.Thread(
+                target=self._work, args=(lane,), name=f"mqtt-{lane.name}-requests", daemon=True
+            )
+            lane.worker.start()
         log.info(
             "MQTT: connecting to %s:%s as %s (topics under %s/)",
             self.cfg.host,
@@ -214,8 +245,9 @@ class MqttService:
         if started:
             deadline = time.monotonic() + timeout_s
             self._stop_event.set()
-            if self._worker is not None:
-                self._worker.join(max(0.1, deadline - time.monotonic()))
+            for lane in (self._fast, self._slow):
+                if lane.worker is not None:
+                    lane.worker.join(max(0.1, deadline - time.monotonic()))
             if self._connected:
                 info = self._client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
                 while time.monotonic() < deadline and self._connected:
@@ -231,6 +263,7 @@ class MqttService:
         if left:
             log.warning("MQTT stopped with %d message(s) in the outbox; sent at next start", left)
         self.outbox.close()
+        self.nonces.close()
 
     # ---------------------------------------------------------------- health
 
@@ -252,9 +285,9 @@ class MqttService:
         return True
 
     def alive(self, max_disconnected_s: float = 120.0) -> bool:
-        """The network and worker threads run and the broker was reachable recently."""
-        net, worker = self._net_thread, self._worker
-        if net is None or not net.is_alive() or worker is None or not worker.is_alive():
+        """The network and lane threads run and the broker was reachable recently."""
+        threads = (self._net_thread, self._fast.worker, self._slow.worker)
+        if not all(t is not None and t.is_alive() for t in threads):
             return False
         return self._connected or time.monotonic() - self._last_up < max_disconnected_s
 
@@ -456,30 +489,43 @@ class MqttService:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         item = _Incoming(msg.topic, bytes(msg.payload), bool(msg.retain), msg.properties)
+        item.received = time.monotonic()
         size = len(item.payload)
+        fast = (
+            item.topic == self.topics.ha_lock_set
+            or self.topics.action_of(item.topic) in FAST_ACTIONS
+        )
+        lane = self._fast if fast else self._slow
+        why = None
+        if fast and size > MAX_FAST_REQUEST_BYTES:
+            why = f"request of {size} bytes is too large for {item.topic.rsplit('/', 1)[-1]}"
         with self._queue_lock:
-            room = self._queued_bytes + size <= MAX_QUEUED_BYTES and not self._stopping
-            if room:
+            self._seq += 1
+            item.seq = self._seq
+            if why is None and self._stopping:
+                why = "shutting down"
+            elif why is None and lane.queued_bytes + size > lane.max_bytes:
+                why = "busy: too many requests waiting"
+            elif why is None:
                 try:
-                    self._queue.put_nowait(item)
-                    self._queued_bytes += size
+                    lane.queue.put_nowait(item)
+                    lane.queued_bytes += size
                 except queue.Full:
-                    room = False
-        if not room:
-            why = "shutting down" if self._stopping else "busy: too many requests waiting"
+                    why = "busy: too many requests waiting"
+        if why is not None:
             log.warning("MQTT: %s, refusing a request on %s", why, item.topic)
             self._reply(item, _peek_id(item.payload), error=why)
 
     # ---------------------------------------------------------------- requests
 
-    def _work(self) -> None:
+    def _work(self, lane: _Lane) -> None:
         while not self._stop_event.is_set():
             try:
-                item = self._queue.get(timeout=0.2)
+                item = lane.queue.get(timeout=0.2)
             except queue.Empty:
                 continue
             with self._queue_lock:
-                self._queued_bytes -= len(item.payload)
+                lane.queued_bytes -= len(item.payload)
             try:
                 self._handle(item)
             except Exception:  # the worker must outlive any request
@@ -499,6 +545,7 @@ class MqttService:
             log.exception("MQTT: checking a request on %s failed", item.topic)
             self._reply(item, _peek_id(item.payload), error=f"internal error: {type(err).__name__}")
             return
+        req = replace(req, seq=item.seq, received=item.received)
         log.info(
             "MQTT: %s request %s (%s)",
             req.action,
@@ -543,21 +590,7 @@ class MqttService:
         result: dict[str, Any] | None = None,
         action: str | None = None,
     ) -> None:
-        try:
-            reply = Reply(
-                id=request_id,
-                status="error" if error is not None else "ok",
-                error=error[:2000] if error is not None else None,
-                result=result if error is None else None,
-            )
-            data = reply.model_dump_json().encode()
-        except (ValidationError, PydanticSerializationError, TypeError, ValueError) as err:
-            log.error("MQTT: reply to %s is not JSON-able: %s", request_id, err)
-            data = (
-                Reply(id=request_id, status="error", error="internal error: result is not JSON")
-                .model_dump_json()
-                .encode()
-            )
+        data = _reply_bytes(request_id, error, result)
         name = action or self.topics.action_of(item.topic) or "unknown"
         topic = self.topics.reply(name)
         props = None
@@ -578,6 +611,34 @@ class MqttService:
         except ValueError as err:  # an odd ResponseTopic paho refuses: fall back
             log.warning("MQTT: cannot reply on %r (%s); using %s", topic, err, name)
             self._client.publish(self.topics.reply(name), data, qos=1, properties=props)
+
+
+def _clean_text(text: str) -> str:
+    # A lone surrogate (JSON allows "\ud800") cannot be encoded: show it escaped instead.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _reply_bytes(request_id: str | None, error: str | None, result: dict[str, Any] | None) -> bytes:
+    """The reply's JSON; never raises, so every request is answered."""
+    rid = _clean_text(request_id) if isinstance(request_id, str) else None
+    try:
+        reply = Reply(
+            id=rid,
+            status="error" if error is not None else "ok",
+            error=_clean_text(error)[:2000] if error is not None else None,
+            result=result if error is None else None,
+        )
+        return reply.model_dump_json().encode()
+    except (ValidationError, PydanticSerializationError, TypeError, ValueError) as err:
+        log.error("MQTT: reply to %s could not be built: %s", rid, err)
+    fallback = {
+        "id": rid,
+        "status": "error",
+        "error": "internal error: the reply is not JSON-able",
+        "result": None,
+        "time": time.time(),
+    }
+    return json.dumps(fallback, ensure_ascii=True).encode()
 
 
 def _usable_response_topic(topic: Any) -> bool:

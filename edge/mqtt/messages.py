@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    field_validator,
     model_validator,
 )
 
@@ -176,6 +177,14 @@ class Envelope(_Request):
     @property
     def signed(self) -> bool:
         return self.key is not None or self.sig is not None
+
+    @field_validator("id")
+    @classmethod
+    def _printable_id(cls, value: str) -> str:
+        # The id comes back in the reply: it must be printable text that UTF-8 can carry.
+        if not value.isprintable():
+            raise ValueError("must be printable text (no control characters or lone surrogates)")
+        return value
 
     @model_validator(mode="after")
     def _complete_if_signed(self) -> Envelope:

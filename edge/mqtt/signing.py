@@ -20,7 +20,6 @@ import logging
 import math
 import re
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -36,8 +35,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from pydantic import BaseModel, ValidationError
 
-from edge.config import SecurityConfig
+from edge.config import SecurityConfig, public_key_bytes
 from edge.mqtt.messages import PAYLOAD_MODELS, Envelope
+from edge.mqtt.nonces import Claim, LedgerError, NonceLedger
 from edge.mqtt.topics import SIGNED_ACTIONS, Topics
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,6 @@ log = logging.getLogger(__name__)
 # A sync of 10000 persons with 512-d embeddings is ~50 MB of JSON; past this it is refused
 # before parsing, so a flood of giant messages cannot exhaust a Pi's memory.
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
-# Live nonces are kept until their request expires; this many at once is far beyond any
-# real use (max_validity_s ≤ 1 h), so hitting it means a flood: refuse rather than forget.
-NONCE_CACHE_SIZE = 100_000
 
 _KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 _MAX_REASON = 300
@@ -77,6 +74,9 @@ class VerifiedRequest:
     iat: float | None
     exp: float | None
     insecure: bool  # accepted unsigned only because security.insecure_local_dev is on
+    # Set by the MQTT service: arrival order (across lanes) and arrival time (monotonic).
+    seq: int = 0
+    received: float | None = None
 
 
 def canonical_bytes(envelope: Mapping[str, Any]) -> bytes:
@@ -106,13 +106,7 @@ def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
 
 def parse_public_key(text: str) -> Ed25519PublicKey:
     """A base64 public key (32 raw bytes) as an Ed25519 key; ValueError when it is not one."""
-    try:
-        raw = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64") from None
-    if len(raw) != 32:
-        raise ValueError(f"{len(raw)} bytes, an Ed25519 public key has 32")
-    return Ed25519PublicKey.from_public_bytes(raw)
+    return Ed25519PublicKey.from_public_bytes(public_key_bytes(text))
 
 
 def generate_keypair() -> tuple[bytes, str]:
@@ -179,37 +173,6 @@ def sign_request(
     return envelope
 
 
-class NonceCache:
-    """Nonces of accepted signed requests, kept until they could no longer be accepted anyway.
-
-    Thread-safe and bounded: when full of live nonces it refuses new ones (`add` raises
-    OverflowError) instead of forgetting one that could then be replayed.
-    """
-
-    def __init__(self, max_size: int = NONCE_CACHE_SIZE) -> None:
-        self._until: dict[str, float] = {}
-        self._max = max_size
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._until)
-
-    def add(self, nonce: str, keep_until: float, now: float) -> bool:
-        """Record a nonce; False when it was already there (a replay)."""
-        nonce = nonce.lower()  # hex: "AB" and "ab" are the same nonce
-        with self._lock:
-            seen = self._until.get(nonce)
-            if seen is not None and seen >= now:
-                return False
-            if len(self._until) >= self._max:
-                self._until = {n: t for n, t in self._until.items() if t >= now}
-                if len(self._until) >= self._max:
-                    raise OverflowError("too many live nonces")
-            self._until[nonce] = keep_until
-            return True
-
-
 def _short(text: str, limit: int = _MAX_REASON) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -248,16 +211,16 @@ class Verifier:
         prefix: str = "maskgate",
         clock: Callable[[], float] = time.time,
         max_request_bytes: int = MAX_REQUEST_BYTES,
+        nonces: NonceLedger | None = None,
     ) -> None:
         self.security = security
         self.max_request_bytes = max_request_bytes
         self.device_id = device_id
         self.topics = Topics(prefix, device_id)
         self._clock = clock
-        self._nonces = NonceCache()
-        # Used nonces live in memory only: a request issued before this process started could
-        # be a replay the cache has forgotten (after a restart), so it is refused.
-        self._started = clock()
+        # The door passes its durable ledger; without one (tools, tests) nonces live in memory
+        # and requests issued before this verifier existed are refused (see NonceLedger).
+        self.nonces = nonces if nonces is not None else NonceLedger(None, clock=clock)
         # Trusted keys by raw bytes and by key id; a malformed one is a config error.
         self._keys: dict[bytes, Ed25519PublicKey] = {}
         self._ids: dict[str, bytes] = {}
@@ -445,14 +408,23 @@ class Verifier:
             raise RequestRefused(
                 "expired", f"expired {now - env.exp:.1f} s ago (tolerance {skew:g} s)"
             )
-        if env.iat < self._started - skew:
+        if env.iat < self.nonces.created - skew:
             raise RequestRefused(
-                "before_start",
-                "issued before the door (re)started; its nonce cannot be checked: sign it anew",
+                "predates_ledger",
+                "issued before this door's replay ledger was created (first start or a wiped "
+                "state directory), so a replay could not be told apart: sign it anew",
             )
+        # Durable before the request acts: a signed request acts at most once, across restarts.
         try:
-            fresh = self._nonces.add(env.nonce, env.exp + skew, now)
-        except OverflowError:
-            raise RequestRefused("busy", "too many recent requests; try again later") from None
-        if not fresh:
+            claim = self.nonces.claim(env.nonce, env.exp + skew, now)
+        except LedgerError as err:
+            log.error("%s", err)
+            raise RequestRefused("ledger", f"not done: {err}") from None
+        if claim is Claim.REPLAYED:
             raise RequestRefused("replayed", "replayed: this nonce was already used")
+        if claim is Claim.FORGOTTEN:
+            raise RequestRefused(
+                "expired", "expired: older than the nonces this door still remembers"
+            )
+        if claim is Claim.TOO_MANY:
+            raise RequestRefused("busy", "too many recent requests; try again later")

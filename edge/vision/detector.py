@@ -15,6 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.nativelog import quiet_native_logs
+
 log = logging.getLogger(__name__)
 
 
@@ -29,7 +31,10 @@ class Detection:
 
 class YuNetDetector:
     def __init__(self, model: Path, score_threshold: float = 0.6, max_side: int = 640) -> None:
-        self._det = cv2.FaceDetectorYN.create(str(model), "", (320, 320), score_threshold, 0.3, 50)
+        with quiet_native_logs():  # OpenCV's DNN warns about targets as it loads
+            self._det = cv2.FaceDetectorYN.create(
+                str(model), "", (320, 320), score_threshold, 0.3, 50
+            )
         self.max_side = max_side
         # OpenCV's detector keeps per-call state (input size): one caller at a time.
         self._lock = threading.Lock()

@@ -17,6 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.nativelog import quiet_native_logs
+
 log = logging.getLogger(__name__)
 
 
@@ -75,7 +77,8 @@ class Landmarker:
             output_face_blendshapes=False,
             output_facial_transformation_matrixes=True,
         )
-        self._lm = vision.FaceLandmarker.create_from_options(opts)
+        with quiet_native_logs():  # its graph prints INFO/WARNING lines from C++ as it loads
+            self._lm = vision.FaceLandmarker.create_from_options(opts)
         self._last_ts = -1
         # BlazeFace (short range) misses faces that fill the frame, often when masked; still
         # images get retried with a border and mirrored (on mfr2-dev: 7/85 → 1/85 missed).
