@@ -242,6 +242,17 @@ class SecurityConfig(_Strict):
         "(enroll, delete, sync, unlock) are obeyed.",
     )
 
+    max_validity_s: StrictFloat = Field(
+        30.0, gt=0, le=3600, description="Longest a signed request may stay valid (exp - iat)."
+    )
+    clock_skew_s: StrictFloat = Field(
+        5.0, ge=0, le=300, description="Tolerated clock difference with the signer."
+    )
+    insecure_local_dev: StrictBool = Field(
+        False,
+        description="Accept unsigned commands. For a lab bench only: logged loudly at start.",
+    )
+
     @field_validator("trusted_keys")
     @classmethod
     def _keys_parse(cls, keys: list[str]) -> list[str]:
@@ -253,17 +264,6 @@ class SecurityConfig(_Strict):
             except ValueError as err:
                 raise ValueError(f"trusted_keys[{i}] {text[:60]!r}: {err}") from None
         return keys
-
-    max_validity_s: StrictFloat = Field(
-        30.0, gt=0, le=3600, description="Longest a signed request may stay valid (exp - iat)."
-    )
-    clock_skew_s: StrictFloat = Field(
-        5.0, ge=0, le=300, description="Tolerated clock difference with the signer."
-    )
-    insecure_local_dev: StrictBool = Field(
-        False,
-        description="Accept unsigned commands. For a lab bench only: logged loudly at start.",
-    )
 
 
 class LimitsConfig(_Strict):

@@ -32,8 +32,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticSerializationError
+from pydantic import BaseModel
 
 from edge import __version__
 from edge.config import MqttConfig, SecurityConfig
@@ -629,7 +628,7 @@ def _reply_bytes(request_id: str | None, error: str | None, result: dict[str, An
             result=result if error is None else None,
         )
         return reply.model_dump_json().encode()
-    except (ValidationError, PydanticSerializationError, TypeError, ValueError) as err:
+    except Exception as err:  # a result the model cannot carry: answer anyway, as an error
         log.error("MQTT: reply to %s could not be built: %s", rid, err)
     fallback = {
         "id": rid,
