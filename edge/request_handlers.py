@@ -14,16 +14,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from edge.config import LimitsConfig
-from edge.decide import Decision
 from edge.enroll import Enroller, EnrollmentError, ReadyEmbedding, check_embeddings
 from edge.imageio import ImageError, checked_size, decode_image
 from edge.mqtt.client import RequestFailed
+from edge.mqtt.discovery import REMOTE_UNLOCK
 from edge.opener import DoorOpener
 from edge.relay import RelayError
 from edge.store import StoreError, Template
@@ -31,7 +32,7 @@ from edge.templates import Templates
 
 log = logging.getLogger(__name__)
 
-MAX_REASON = 150  # events cap reasons at 200 characters, with room for the "remote unlock: "
+MAX_REASON = 150  # events cap reasons at 200 characters, with room for REMOTE_UNLOCK
 
 
 class RequestTimeout(Exception):
@@ -203,10 +204,23 @@ class RequestHandlers:
             raise RelayError("this door has no relay")
         seconds = p.seconds or self.pulse_s
         reason = (p.reason or "no reason given")[:MAX_REASON]
-        # No face was seen: the face fields stay empty, the reason says who asked (in the audit).
-        d = Decision("unlock", None, 0.0, 0.0, False, "n/a", 0, 0.0, f"remote unlock: {reason}")
-        self.opener.decided({**d.as_dict(), "name": None}, open_s=seconds)
-        return {"unlocked_s": seconds, "event_id": d.event_id}
+        # No face was seen: the face fields stay empty; who asked is in the audit record.
+        event = {
+            "event_id": uuid.uuid4().hex,
+            "time": time.time(),
+            "decision": "unlock",
+            "person": None,
+            "name": None,
+            "score": None,
+            "threshold": None,
+            "masked": None,
+            "liveness": None,
+            "frames": 0,
+            "latency_ms": 0.0,
+            "reason": f"{REMOTE_UNLOCK}{reason}",
+        }
+        self.opener.decided(event, open_s=seconds)
+        return {"unlocked_s": seconds, "event_id": event["event_id"]}
 
     # -- helpers -------------------------------------------------------------------------------
 

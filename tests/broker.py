@@ -4,9 +4,11 @@
 
 `Mosquitto(workdir)` writes its own config, password file (mosquitto_passwd -b) and ACL under
 workdir and listens on a free 127.0.0.1 port with anonymous access off:
-  * DOOR_USER reads its request and HA lock-command topics and writes its reply, availability,
-    state, lock, event, audit and snapshot topics and HA discovery;
-  * SERVER_USER writes requests (and HA lock commands) and reads everything else.
+  * DOOR_USER reads its request and HA lock-command topics and HA's birth topic, and writes its
+    reply, availability, state, lock, event, last-person, audit and snapshot topics and HA
+    discovery;
+  * SERVER_USER writes requests (and, playing Home Assistant, lock commands and the birth
+    message) and reads everything else.
 `stop()` (SIGTERM), `kill()` (SIGKILL, no goodbye) and `restart()` (same port) let tests take
 the broker away under a running door. The `mosquitto` fixture is one started broker per test.
 """
@@ -83,17 +85,28 @@ class Mosquitto(LocalBroker):
             args = [MOSQUITTO_PASSWD, "-b", *(["-c"] if i == 0 else []), str(passwd), user, pw]
             subprocess.run(args, check=True, capture_output=True, timeout=10)
         base = f"{self.prefix}/{self.device_id}"
-        door_writes = ("reply/#", "availability", "state", "lock", "event", "audit", "snapshot")
+        door_writes = (
+            "reply/#",
+            "availability",
+            "state",
+            "lock",
+            "event",
+            "last_person",
+            "audit",
+            "snapshot",
+        )
         acl = [
             f"user {DOOR_USER}",
             f"topic read {base}/request/#",
             f"topic read {base}/ha/lock/set",
+            f"topic read {self.discovery_prefix}/status",
             *(f"topic write {base}/{t}" for t in door_writes),
             f"topic write {self.discovery_prefix}/#",
             "",
             f"user {SERVER_USER}",
             f"topic write {self.prefix}/+/request/#",
             f"topic write {self.prefix}/+/ha/lock/set",
+            f"topic write {self.discovery_prefix}/status",  # the server also plays HA
             f"topic read {self.prefix}/#",
             f"topic read {self.discovery_prefix}/#",
         ]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from broker import mosquitto  # noqa: F401  (a started broker per test, for every test module)
+from mqtt_door import keys, make_door  # noqa: F401  (the door's MQTT service, trusting `keys`)
 
 from edge.config import load_config
 from edge.imageio import read_image

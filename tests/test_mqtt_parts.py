@@ -120,5 +120,5 @@ def test_discovery_payloads_share_device_and_availability() -> None:
             }
         ]
         assert conf["unique_id"].startswith("maskgate_door1_")
-    count = configs[t.discovery("sensor", "template_count")]
+    count = configs[t.discovery("sensor", "enrolled_persons")]
     assert count["state_topic"] == t.state and "count" in count["value_template"]

@@ -26,82 +26,19 @@ from broker import (
     running_mosquitto,
     wait_until,
 )
+from mqtt_door import BASE, Door, Recorder
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from pydantic import BaseModel
 
 from edge.commands import sign as sign_cmd
 from edge.config import MqttConfig, SecurityConfig
-from edge.mqtt.client import MqttService, RequestFailed
+from edge.mqtt.client import MqttService
 from edge.mqtt.outbox import Outbox
-from edge.mqtt.signing import VerifiedRequest, generate_keypair, load_private_key, sign_request
+from edge.mqtt.signing import sign_request
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BASE = "maskgate/door1"
 
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto not installed")
-
-
-class Recorder:
-    """The handler: records every call; a few person ids make it fail on purpose."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, BaseModel, VerifiedRequest]] = []
-
-    def __call__(self, action: str, payload: BaseModel, req: VerifiedRequest) -> dict[str, Any]:
-        self.calls.append((action, payload, req))
-        person = getattr(payload, "person_id", None)
-        if person == "nobody":
-            raise RequestFailed("no such person 'nobody'")
-        if person == "boom":
-            raise RuntimeError("store exploded")
-        if person == "odd":
-            return {"when": object()}  # not JSON: the reply must still go out, as an error
-        if person == "list":
-            return ["not", "a", "dict"]  # type: ignore[return-value]
-        return {"action": action, "person": person}
-
-
-@pytest.fixture(scope="module")
-def keys() -> dict[str, Any]:
-    pem, pub = generate_keypair()
-    other, _ = generate_keypair()
-    return {"key": load_private_key(pem), "pub": pub, "pem": pem, "other": load_private_key(other)}
-
-
-Door = tuple[MqttService, Recorder]
-
-
-@pytest.fixture
-def make_door(
-    mosquitto: Mosquitto, tmp_path: Path, keys: dict[str, Any]
-) -> Iterator[Callable[..., Door]]:
-    made: list[MqttService] = []
-
-    def make(
-        security: SecurityConfig | None = None,
-        state_dir: Path | None = None,
-        start: bool = True,
-        broker: Mosquitto | None = None,
-        **cfg: Any,
-    ) -> Door:
-        rec = Recorder()
-        svc = MqttService(
-            (broker or mosquitto).mqtt_config(**cfg),
-            security or SecurityConfig(trusted_keys=[keys["pub"]]),
-            state_dir or tmp_path / "state",
-            rec,
-            reconnect_delay_s=(1, 2),
-        )
-        made.append(svc)
-        if start:
-            svc.start()
-            assert svc.wait_ready(10), "the door did not connect and subscribe within 10 s"
-        return svc, rec
-
-    yield make
-    for svc in made:
-        svc.stop()
 
 
 @pytest.fixture
@@ -366,7 +303,7 @@ def test_discovery_configs_are_retained_with_device_and_availability(
         "homeassistant/lock/maskgate_door1/lock/config",
         "homeassistant/event/maskgate_door1/access/config",
         "homeassistant/sensor/maskgate_door1/last_person/config",
-        "homeassistant/sensor/maskgate_door1/template_count/config",
+        "homeassistant/sensor/maskgate_door1/enrolled_persons/config",
         "homeassistant/image/maskgate_door1/snapshot/config",
     }
     ids = [c["unique_id"] for c in configs.values()]
@@ -500,7 +437,8 @@ def test_outbox_survives_a_door_crash_while_the_broker_is_away(
     proc = _child(mosquitto.mqtt_config(), state, connect=False, events=n)
     _kill(proc)
     box = Outbox(state / "mqtt-outbox.db")
-    assert box.count() == n  # on disk, in order, although nothing was ever sent
+    # On disk, in order, although nothing was ever sent; plus the newest (retained) last person.
+    assert [m.topic.rsplit("/", 1)[1] for m in box.pending()] == ["event"] * n + ["last_person"]
     box.close()
 
     mosquitto.start()

@@ -12,12 +12,16 @@ Threads:
 
 Events, audit records, state and the lock state go through the durable outbox (QoS 1): on
 disk before the publish, deleted on the broker's PUBACK, re-sent after an outage or a crash.
+Every retained topic the door owns (availability, state, lock, last person, discovery) is
+published again on every (re)connect and whenever Home Assistant announces itself on
+<discovery_prefix>/status, so a broker without persistence or a restarted HA gets them back.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -36,7 +40,15 @@ from pydantic import BaseModel
 
 from edge import __version__
 from edge.config import MqttConfig, SecurityConfig
-from edge.mqtt.discovery import LOCKED, OFFLINE, ONLINE, UNLOCKED, discovery_configs
+from edge.mqtt.discovery import (
+    LOCKED,
+    OFFLINE,
+    ONLINE,
+    UNLOCKED,
+    discovery_configs,
+    last_person_state,
+    unwanted_config_topics,
+)
 from edge.mqtt.messages import DoorState, Event, Reply
 from edge.mqtt.nonces import NonceLedger
 from edge.mqtt.outbox import Outbox
@@ -58,6 +70,8 @@ FAST_ACTIONS = frozenset({"unlock", "delete", "list"})
 MAX_FAST_REQUEST_BYTES = 64 * 1024
 MAX_SNAPSHOT_BYTES = 8 * 1024 * 1024
 MAX_AUDIT_BYTES = 256 * 1024
+# Home Assistant's birth messages closer than this re-announce once (a flood costs nothing).
+BIRTH_MIN_INTERVAL_S = 1.0
 # PUBACK reasons that will never turn into success: drop the row instead of retrying forever.
 _PERMANENT_PUBACK = {0x87, 0x90, 0x95, 0x99}  # not authorized, bad topic, too large, bad format
 
@@ -155,6 +169,11 @@ class MqttService:
         self._last_up = time.monotonic()  # last time connected (or started)
         self._fail_logged = False
         self._locked: bool | None = None
+        # The newest payload of each retained topic the door owns, re-published on (re)connect
+        # and on Home Assistant's birth message: a broker without persistence forgets them.
+        self._retained: dict[str, bytes] = {}
+        self._request_sub_mid: int | None = None
+        self._last_birth = -math.inf
         try:
             self._client = self._make_client(reconnect_delay_s)
         except Exception:
@@ -297,9 +316,12 @@ class MqttService:
     # ---------------------------------------------------------------- publishing
 
     def publish_event(self, event: Event | Mapping[str, Any]) -> str:
-        """A decision (QoS 1, through the outbox); returns its event_id."""
+        """A decision (QoS 1, through the outbox), and the retained last-person state for
+        Home Assistant; returns its event_id."""
         ev = event if isinstance(event, Event) else Event.model_validate(dict(event))
         self._send_durable(self.topics.event, ev.model_dump_json().encode())
+        last = _json_bytes(last_person_state(ev.model_dump(mode="json")), "last person")
+        self._send_durable(self.topics.last_person, last, retain=True)
         return ev.event_id
 
     def publish_audit(self, record: Mapping[str, Any]) -> None:
@@ -342,6 +364,8 @@ class MqttService:
         if self._stopped:
             raise RuntimeError("the MQTT service is stopped; stop the door loop before it")
         with self._pub_lock:
+            if retain:
+                self._retained[topic] = payload
             # Retained topics keep only their newest pending value.
             oid = self.outbox.put(topic, payload, qos=1, retain=retain, coalesce=retain)
             if self._started and not self._stopped:
@@ -413,14 +437,33 @@ class MqttService:
         self._fail_logged = False
         self._last_up = time.monotonic()
         log.info("MQTT: connected to %s:%s", self.cfg.host, self.cfg.port)
-        client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
         # retainAsPublished: a request published with retain is seen as such and refused.
         opts = SubscribeOptions(qos=1, retainAsPublished=True)
-        client.subscribe([(self.topics.request_filter, opts), (self.topics.ha_lock_set, opts)])
-        if self.cfg.discovery:
-            for topic, conf in discovery_configs(self.topics, self._sw_version, self.cfg.snapshot):
-                client.publish(topic, json.dumps(conf), qos=1, retain=True)
+        _, self._request_sub_mid = client.subscribe(
+            [(self.topics.request_filter, opts), (self.topics.ha_lock_set, opts)]
+        )
+        # Apart: a broker ACL that hides HA's birth topic must not keep requests out.
+        client.subscribe(self.topics.ha_status, qos=1)
+        self._announce()
         self._publish_pending()
+
+    def _announce(self) -> None:
+        """Publish every retained topic the door owns: availability, discovery (clearing the
+        configs it no longer wants), and the newest state, lock and last person."""
+        self._client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
+        wanted = (
+            discovery_configs(self.topics, self._sw_version, self.cfg.snapshot)
+            if self.cfg.discovery
+            else []
+        )
+        for topic, conf in wanted:
+            self._client.publish(topic, json.dumps(conf), qos=1, retain=True)
+        for topic in unwanted_config_topics(self.topics, wanted):
+            self._client.publish(topic, b"", qos=1, retain=True)  # HA drops the entity
+        with self._pub_lock:
+            retained = list(self._retained.items())
+        for topic, payload in retained:
+            self._send_durable(topic, payload, retain=True)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._connect_failed(logging.WARNING, "cannot reach the broker (or TLS failed)")
@@ -464,6 +507,15 @@ class MqttService:
         properties: Properties | None,
     ) -> None:
         refused = [rc for rc in reasons if rc.is_failure]
+        if mid != self._request_sub_mid:  # Home Assistant's birth topic
+            for rc in refused:
+                log.warning(
+                    "MQTT: the broker refused %s (%s): a restarted Home Assistant gets the door's "
+                    "configs and states only at the door's next reconnect",
+                    self.topics.ha_status,
+                    rc,
+                )
+            return
         for rc in refused:
             log.error("MQTT: the broker refused the request subscription: %s", rc)
         if not refused:
@@ -487,6 +539,9 @@ class MqttService:
         self._acked(oid, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.topics.ha_status:
+            self._on_ha_status(bytes(msg.payload))
+            return
         item = _Incoming(msg.topic, bytes(msg.payload), bool(msg.retain), msg.properties)
         item.received = time.monotonic()
         size = len(item.payload)
@@ -514,6 +569,16 @@ class MqttService:
         if why is not None:
             log.warning("MQTT: %s, refusing a request on %s", why, item.topic)
             self._reply(item, _peek_id(item.payload), error=why)
+
+    def _on_ha_status(self, payload: bytes) -> None:
+        # HA subscribes with a clean session and says `online` once it is back: only then can it
+        # see what the door publishes, so publish everything retained again.
+        now = time.monotonic()
+        if payload.strip() != ONLINE.encode() or now - self._last_birth < BIRTH_MIN_INTERVAL_S:
+            return
+        self._last_birth = now
+        log.info("MQTT: Home Assistant is online; publishing discovery and states again")
+        self._announce()
 
     # ---------------------------------------------------------------- requests
 
@@ -570,12 +635,24 @@ class MqttService:
             "MQTT: Home Assistant sent %r to the lock: refused, HA commands are unsigned",
             item.payload[:32],
         )
-        self._reply(
-            item,
-            None,
-            error="refused: Home Assistant cannot sign commands; send a signed unlock request "
-            f"to {self.topics.request('unlock')} (maskgate sign)",
-            action=HA_LOCK_REPLY,
+        error = (
+            "refused: Home Assistant cannot sign commands; send a signed unlock request "
+            f"to {self.topics.request('unlock')} (maskgate sign)"
+        )
+        self._reply(item, None, error=error, action=HA_LOCK_REPLY)
+        # The audit covers every unlock request and its outcome, unsigned ones included.
+        command = item.payload[:32].decode("utf-8", "backslashreplace")
+        self.publish_audit(
+            {
+                "time": time.time(),
+                "action": HA_LOCK_REPLY,
+                "request_id": None,
+                "key_id": None,
+                "signed": False,
+                "command": command,
+                "status": "error",
+                "error": error,
+            }
         )
         if self._locked is not None:  # HA's lock card falls back to the real state
             self.publish_lock(self._locked)

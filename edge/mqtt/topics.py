@@ -7,10 +7,13 @@ Layout (base = <prefix>/<device_id>):
   <base>/state                template set version, hash, count, model id; retained
   <base>/lock                 "LOCKED" / "UNLOCKED", retained (Home Assistant lock state)
   <base>/event                one JSON message per decision (QoS 1, outbox)
+  <base>/last_person          the latest decision as Home Assistant's last-person sensor shows
+                              it (retained)
   <base>/audit                audit records (QoS 1, outbox)
   <base>/snapshot             optional JPEG of the deciding frame
   <base>/ha/lock/set          Home Assistant's lock command topic: always refused (unsigned)
   <discovery_prefix>/<component>/<node_id>/<object_id>/config   Home Assistant discovery
+  <discovery_prefix>/status   Home Assistant's birth ("online") and last will ("offline")
 """
 
 from __future__ import annotations
@@ -75,6 +78,10 @@ class Topics:
         return f"{self.base}/event"
 
     @property
+    def last_person(self) -> str:
+        return f"{self.base}/last_person"
+
+    @property
     def audit(self) -> str:
         return f"{self.base}/audit"
 
@@ -85,6 +92,11 @@ class Topics:
     @property
     def ha_lock_set(self) -> str:
         return f"{self.base}/ha/lock/set"
+
+    @property
+    def ha_status(self) -> str:
+        """Where Home Assistant announces itself (its birth message) and its last will."""
+        return f"{self.discovery_prefix}/status"
 
     def discovery(self, component: str, object_id: str) -> str:
         return f"{self.discovery_prefix}/{component}/{self.node_id}/{object_id}/config"
