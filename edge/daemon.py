@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,49 +85,11 @@ class Door:
             signal.signal(sig, lambda *_: self.stop())
 
     def run(self) -> int:
-        cfg = self.cfg
-        state_dir = cfg.resolve(cfg.daemon.state_dir)
+        state_dir = self.cfg.resolve(self.cfg.daemon.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         try:
-            # The relay first: from here on, every exit path relocks it.
-            self.relay = make_relay(cfg.relay, state_dir)
-            self.relay.lock()
-            self.store = Store.open(cfg)
-            self.pipeline = Pipeline(cfg, video=True)  # warmed up when constructed
-            if cfg.mqtt is not None:
-                from edge.mqtt.client import MqttService
-
-                self.mqtt = MqttService(
-                    cfg.mqtt, cfg.security, state_dir, self._handle, resolve=cfg.resolve
-                )
-            self.templates = Templates(
-                self.store,
-                self.pipeline.model_id,
-                self.mqtt.publish_state if self.mqtt is not None else None,
-            )
-            self.templates.refresh(force=True)
-            self.opener = DoorOpener(
-                self.relay,
-                self.mqtt,
-                cfg.mqtt.device_id if cfg.mqtt else None,
-                snapshots=bool(cfg.mqtt and cfg.mqtt.snapshot),
-                on_decision=self._decided,
-            )
-            self.requests = RequestHandlers(
-                self.templates,
-                self.pipeline.embedder.dim,
-                Enroller(
-                    self.pipeline,
-                    self.store,
-                    variants=variants_from_config(cfg.enroll),
-                    keep_crops=cfg.store.keep_crops,
-                ),
-                self.opener,
-                cfg.limits,
-                cfg.relay.pulse_s,
-                audit=self.mqtt.publish_audit if self.mqtt is not None else None,
-            )
-            grabber = make_grabber(cfg.camera, cfg.resolve, hold=self.camera_gate)
+            self._build(state_dir)
+            grabber = make_grabber(self.cfg.camera, self.cfg.resolve, hold=self.camera_gate)
             grabber.start()
             try:
                 self._start_mqtt()
@@ -145,6 +108,49 @@ class Door:
         finally:
             notify("STOPPING=1")
             self._shutdown()
+
+    def _build(self, state_dir: Path) -> None:
+        """Every part of the door, wired; nothing runs yet but the relay (locked)."""
+        cfg = self.cfg
+        # The relay first: from here on, every exit path relocks it.
+        self.relay = make_relay(cfg.relay, state_dir)
+        self.relay.lock()
+        self.store = Store.open(cfg)
+        self.pipeline = Pipeline(cfg, video=True)  # warmed up when constructed
+        if cfg.mqtt is not None:
+            from edge.mqtt.client import MqttService
+
+            self.mqtt = MqttService(
+                cfg.mqtt, cfg.security, state_dir, self._handle, resolve=cfg.resolve
+            )
+        self.templates = Templates(
+            self.store,
+            self.pipeline.model_id,
+            self.mqtt.publish_state if self.mqtt is not None else None,
+        )
+        self.templates.refresh(force=True)
+        self.opener = DoorOpener(
+            self.relay,
+            self.mqtt,
+            cfg.mqtt.device_id if cfg.mqtt else None,
+            snapshots=bool(cfg.mqtt and cfg.mqtt.snapshot),
+            on_decision=self._decided,
+        )
+        enroller = Enroller(
+            self.pipeline,
+            self.store,
+            variants=variants_from_config(cfg.enroll),
+            keep_crops=cfg.store.keep_crops,
+        )
+        self.requests = RequestHandlers(
+            self.templates,
+            self.pipeline.embedder.dim,
+            enroller,
+            self.opener,
+            cfg.limits,
+            cfg.relay.pulse_s,
+            audit=self.mqtt.publish_audit if self.mqtt is not None else None,
+        )
 
     def _start_mqtt(self) -> None:
         if self.mqtt is None:
