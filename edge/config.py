@@ -78,6 +78,11 @@ class RuntimeConfig(_Strict):
         description="Where the TensorRT provider caches built engines (relative: in state_dir).",
     )
     trt_fp16: StrictBool = Field(True, description="Let the TensorRT provider build FP16 engines.")
+    profile_dir: Path | None = Field(
+        None,
+        description="Write ONNX Runtime's per-operator profile of each model here (relative: in "
+        "state_dir); off when null. `edge bench --profile` turns it on for one run.",
+    )
 
 
 class LandmarksConfig(_Strict):

@@ -53,6 +53,10 @@ class OutputSpec(_Strict):
     )
 
 
+# Provisioning steps (models/provision.py), each a recorded, deterministic conversion.
+Transform = Literal["copy", "fold_int8_blocks", "prelu_as_relu", "convert_mask_classifier"]
+
+
 class PackageOrigin(_Strict):
     """A model taken from a registry package (and maybe converted by the project)."""
 
@@ -61,9 +65,15 @@ class PackageOrigin(_Strict):
     version: str = Field(..., description="Exact package version.")
     member: str = Field(..., description="Path of the source file inside the distribution.")
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="sha256 of that source file.")
-    transform: Literal["copy", "fold_int8_blocks", "convert_mask_classifier"] = Field(
-        "copy", description="How the project turns the source file into `file`."
+    transform: Transform | list[Transform] = Field(
+        "copy",
+        description="How the project turns the source file into `file`: one step, or several "
+        "applied in order.",
     )
+
+    @property
+    def steps(self) -> list[str]:
+        return list(self.transform) if isinstance(self.transform, list) else [self.transform]
 
     def describe(self) -> str:
         return f"{self.package}=={self.version}"

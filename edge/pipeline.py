@@ -60,8 +60,12 @@ class Pipeline:
         if cfg.models.detector:
             det_entry = manifest.get(cfg.models.detector, "detector")
             self.detector = YuNetDetector(verify(manifest, det_entry))
+        profile_dir = cfg.runtime.profile_dir
         runtime = cfg.runtime.model_copy(
-            update={"trt_cache_dir": cfg.state_path(cfg.runtime.trt_cache_dir)}
+            update={
+                "trt_cache_dir": cfg.state_path(cfg.runtime.trt_cache_dir),
+                "profile_dir": cfg.state_path(profile_dir) if profile_dir else None,
+            }
         )
         self.embedder = Embedder(manifest, manifest.get(cfg.models.embedder, "embedder"), runtime)
         self.mask = MaskClassifier(

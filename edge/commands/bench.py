@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ import numpy as np
 
 from edge.capture import CaptureError, make_source
 from edge.commands.common import CommandError, config_from, open_pipeline, print_json
-from edge.config import FileCamera, FolderCamera, V4L2Camera
+from edge.config import Config, FileCamera, FolderCamera, V4L2Camera
 from edge.match import Gallery
+from edge.vision.onnx_session import profile_summary
 from edge.vision.quality import FaceRejected
 
 STAGES = ("decode", "landmarks", "align", "mask", "embed", "match")
@@ -35,8 +37,60 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=5, help="frames run before timing starts")
     p.add_argument("--gallery-size", type=int, default=1000, help="templates to match against")
     p.add_argument("--still", action="store_true", help="image-mode landmarks (as enrollment uses)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="ONNX Runtime threads, and the process pinned to that many cores (so MediaPipe "
+        "shares them too): --threads 1 stands in for one Raspberry Pi core",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print each ONNX model's slowest operators (ONNX Runtime's own profiler)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run)
+
+
+def _bench_config(args: argparse.Namespace, profile_dir: Path | None) -> Config:
+    cfg = config_from(args)
+    runtime: dict[str, Any] = {}
+    if args.threads is not None:
+        if not 1 <= args.threads <= (os.cpu_count() or 1):
+            raise CommandError(f"--threads must be 1..{os.cpu_count()}, got {args.threads}")
+        runtime["threads"] = args.threads
+        # MediaPipe's and OpenCV's threads cannot be set: confine the whole process instead.
+        os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[: args.threads]))
+    if profile_dir is not None:
+        runtime["profile_dir"] = profile_dir
+    if not runtime:
+        return cfg
+    return cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update=runtime)})
+
+
+def _profiles(pipe: Any) -> dict[str, Any]:
+    out = {}
+    for name, model in (("embedder", pipe.embedder), ("mask", pipe.mask)):
+        path = model.end_profiling()
+        if path:
+            runs, rows = profile_summary(path)
+            total = sum(ms for _, ms, _ in rows)
+            out[name] = {
+                "model": model.entry.id,
+                "runs": runs,
+                "ms_per_run": round(total, 2),
+                "operators": [
+                    {
+                        "op": op,
+                        "ms_per_run": round(ms, 3),
+                        "share": round(ms / total, 3),
+                        "nodes": n,
+                    }
+                    for op, ms, n in rows[:8]
+                ],
+            }
+    return out
 
 
 def _camera_for(source: str) -> Any:
@@ -63,7 +117,14 @@ def _pct(values: list[float]) -> dict[str, float | None]:
 def run(args: argparse.Namespace) -> int:
     if args.frames < 1:
         raise CommandError("--frames must be at least 1")
-    cfg = config_from(args)
+    if args.profile:
+        with tempfile.TemporaryDirectory(prefix="maskgate-profile-") as tmp:
+            return _run(args, Path(tmp))
+    return _run(args, None)
+
+
+def _run(args: argparse.Namespace, profile_dir: Path | None) -> int:
+    cfg = _bench_config(args, profile_dir)
     source = make_source(_camera_for(args.source))
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     totals: list[float] = []
@@ -109,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             source.close()
         provider = pipe.embedder.provider
+        profiles = _profiles(pipe) if profile_dir is not None else {}
     timed_frames = max(n - args.warmup, 0)
     if cpu0 is None or timed_frames == 0:
         raise CommandError(f"--source {args.source}: fewer than {args.warmup + 1} frames")
@@ -131,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
         # ru_maxrss is in KiB on Linux.
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+    if profiles:
+        out["profile"] = profiles
     if args.json:
         print_json(out)
     else:
@@ -152,4 +216,11 @@ def run(args: argparse.Namespace) -> int:
         )
         if rejected:
             print(f"frames without a usable face: {rejected}")
+        for name, prof in profiles.items():
+            print(f"{name} ({prof['model']}): {prof['ms_per_run']:.2f} ms per run in operators")
+            for row in prof["operators"]:
+                print(
+                    f"  {row['op']:<22} {row['ms_per_run']:>7.3f} ms  {100 * row['share']:>5.1f} %"
+                    f"  ({row['nodes']} nodes)"
+                )
     return 0

@@ -43,3 +43,8 @@ class Embedder:
         y = y.reshape(len(x), -1).astype(np.float32)
         norms = np.linalg.norm(y, axis=1, keepdims=True)
         return y / np.maximum(norms, 1e-12)
+
+    def end_profiling(self) -> str | None:
+        """Close the runtime profile (runtime.profile_dir) and return its file, if profiling."""
+        path = self._sess.end_profiling()
+        return path or None

@@ -28,3 +28,8 @@ class MaskClassifier:
         x = to_tensor(crops_bgr, self.entry.input)
         logp = self._sess.run([self._out], {self._in: x})[0]
         return np.exp(logp[:, self._masked_idx]).astype(np.float32)
+
+    def end_profiling(self) -> str | None:
+        """Close the runtime profile (runtime.profile_dir) and return its file, if profiling."""
+        path = self._sess.end_profiling()
+        return path or None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -64,9 +65,31 @@ def make_session(path: Path, cfg: RuntimeConfig):  # -> ort.InferenceSession
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Spinning worker threads would steal the cores MediaPipe needs between inferences.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if cfg.profile_dir is not None:
+        cfg.profile_dir.mkdir(parents=True, exist_ok=True)
+        so.enable_profiling = True
+        so.profile_file_prefix = str(cfg.profile_dir / path.stem)
     sess = ort.InferenceSession(str(path), so, providers=pick_providers(cfg))
     log.info("loaded %s on %s", path.name, sess.get_providers()[0])
     return sess
+
+
+def profile_summary(profile_file: str | Path) -> tuple[int, list[tuple[str, float, int]]]:
+    """(runs, [(operator, mean ms per run, nodes)]) from an ONNX Runtime profile, slowest
+    first: where a model's time goes, so a runtime regression shows in one command."""
+    events = json.loads(Path(profile_file).read_text())
+    runs = sum(1 for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    per_op: dict[str, float] = {}
+    nodes: dict[str, set[str]] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        op = e.get("args", {}).get("op_name", "?")
+        per_op[op] = per_op.get(op, 0.0) + e.get("dur", 0) / 1000.0
+        nodes.setdefault(op, set()).add(e["name"])
+    runs = max(runs, 1)
+    rows = [(op, ms / runs, len(nodes[op])) for op, ms in per_op.items()]
+    return runs, sorted(rows, key=lambda r: -r[1])
 
 
 def to_tensor(images_bgr: list[np.ndarray], spec: InputSpec) -> np.ndarray:
