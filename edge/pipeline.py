@@ -51,11 +51,6 @@ class Pipeline:
         manifest = load_manifest(cfg.resolve(cfg.models.manifest))
         lm_entry = manifest.get(cfg.models.landmarker, "landmarks")
         self._task_file = verify(manifest, lm_entry)
-        self.landmarker = self._make_landmarker(video)
-        # Still photos (enrollment while the door runs) get their own image-mode mesh, so they
-        # never disturb the video-mode tracking of the camera stream.
-        self._still: Landmarker | None = None if video else self.landmarker
-        self._still_lock = threading.Lock()
         self.detector = None
         if cfg.models.detector:
             det_entry = manifest.get(cfg.models.detector, "detector")
@@ -71,8 +66,19 @@ class Pipeline:
         self.mask = MaskClassifier(
             manifest, manifest.get(cfg.models.mask_classifier, "mask_classifier"), runtime
         )
-        self.landmarker.detect(np.zeros((64, 64, 3), np.uint8))  # warm-up
         self.model_id = self.embedder.model_id
+        # The mesh last: every other model is checked by now, so a failure above never leaves
+        # a MediaPipe graph open (its threads would complain at exit).
+        self.landmarker = self._make_landmarker(video)
+        # Still photos (enrollment while the door runs) get their own image-mode mesh, so they
+        # never disturb the video-mode tracking of the camera stream.
+        self._still: Landmarker | None = None if video else self.landmarker
+        self._still_lock = threading.Lock()
+        try:
+            self.landmarker.detect(np.zeros((64, 64, 3), np.uint8))  # warm-up
+        except BaseException:
+            self.landmarker.close()
+            raise
 
     def _make_landmarker(self, video: bool) -> Landmarker:
         lm = self.cfg.landmarks
