@@ -20,16 +20,15 @@ import numpy as np
 
 from edge.capture import make_grabber
 from edge.config import Config
-from edge.decide import Decider, Decision, Observation
+from edge.decide import Decider, Decision
 from edge.enroll import Enroller, EnrollmentError, ReadyEmbedding, variants_from_config
 from edge.imageio import ImageError, decode_image
-from edge.liveness import eye_aspect_ratio
-from edge.match import Gallery, threshold_for
+from edge.match import Gallery
+from edge.observe import judge_frame
 from edge.pipeline import Pipeline
 from edge.relay import Relay, make_relay
 from edge.store import Store, StoreState
 from edge.systemd import notify, watchdog_interval_s
-from edge.vision.quality import FaceRejected
 
 log = logging.getLogger(__name__)
 
@@ -201,42 +200,20 @@ class Door:
                 face_present = False
 
     def _on_frame(self, frame, face_present: bool) -> bool:
-        """Process one frame; returns whether a face is present."""
+        """Process one frame; returns whether a face is present.
+
+        `face_present` (the loop's rate choice) is not needed here: the landmark step always
+        runs first, and the rest of the chain follows only on a face.
+        """
         assert self.pipeline is not None
-        ts = int(frame.t_capture * 1000)
-        try:
-            # While nobody is there only the landmark step runs; the rest follows on a face.
-            face = self.pipeline.detect(frame.image, ts) if not face_present else None
-            r = self.pipeline.process(frame.image, ts, face=face)
-        except FaceRejected as err:
-            if err.reason in (FaceRejected.NO_FACE, FaceRejected.BAD_IMAGE):
-                self.decider.no_face(frame.t_capture)
-                return False
-            return True  # a face, but not good enough to judge: neither vote nor failure
         with self._gallery_lock:
             gallery = self._gallery
-        match = gallery.search(r.embedding) if gallery is not None else None
-        thr = threshold_for(self.cfg.match, r.masked)
-        score = match.score if match and match.label else -1.0
-        person = match.label if match and match.label and score >= thr else None
-        mesh = r.face.mesh
-        obs = Observation(
-            t=frame.t_capture,
-            person=person,
-            best=match.label if match else None,
-            score=score,
-            threshold=thr,
-            masked=r.masked,
-            yaw=r.face.yaw,
-            # A mesh judged misfitted (YuNet aligned instead) would make eyelid jitter look
-            # like a blink.
-            ear=eye_aspect_ratio(mesh.points)
-            if mesh is not None and r.face.source == "mesh"
-            else None,
+        judged = judge_frame(
+            self.pipeline, self.decider, gallery, self.cfg.match, frame.image, frame.t_capture
         )
-        for d in self.decider.observe(obs):
+        for d in judged.decisions:
             self._act(d, frame.image)
-        return True
+        return judged.present
 
     def _act(self, d: Decision, image: np.ndarray) -> None:
         event = d.as_dict()
