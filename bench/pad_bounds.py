@@ -169,6 +169,28 @@ def noise_clips(builder: Builder, out: Path) -> list[tuple[str, Path]]:
     return [(s.name, write_clip(builder, s, out)) for s in specs]
 
 
+def same_person_pairs(folder: Path, cfg) -> dict:
+    """Cosine of every pair of different photos of one person in a dataset folder: the pairs
+    at or above track.min_similarity are swaps the identity test would not cut (measured only;
+    the bound was not set on these photos)."""
+    from edge.commands.common import embed_samples
+    from edge.evaluate import load_dataset, make_pairs
+
+    samples = load_dataset(folder)
+    with Pipeline(cfg) as still:
+        emb, _, _ = embed_samples(still, samples)
+    a, b, genuine = make_pairs(samples, "all")
+    keep = genuine & ~np.isnan(emb[a, 0]) & ~np.isnan(emb[b, 0])
+    cos = np.sum(emb[a[keep]] * emb[b[keep]], axis=1)
+    bound = cfg.decision.track.min_similarity
+    return {
+        "pairs": int(keep.sum()),
+        "at_or_above_bound": int((cos >= bound).sum()),
+        "p99": float(np.percentile(cos, 99)),
+        "max": float(cos.max()),
+    }
+
+
 def pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
@@ -176,6 +198,14 @@ def pct(values: list[float], q: float) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clips", type=Path, required=True, help="a folder made by bench.pad_clips")
+    ap.add_argument(
+        "--photos",
+        type=Path,
+        action="append",
+        default=[],
+        help="also measure, on a dataset folder (e.g. ../shared/data/lfw-subset), how many "
+        "pairs of different photos of one person the identity test would not cut",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     cfg = load_config()
@@ -235,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             "first_pass_s": {name: firsts for _, name, firsts in items if any(firsts)},
         }
     report["swap_step_share_min"] = min(swap_shares) if swap_shares else None
+    report["photo_pairs"] = {str(d): same_person_pairs(d, cfg) for d in args.photos}
     for group, items in blink.items():
         deepest = []
         for name, cl in items:
@@ -303,6 +334,12 @@ def _print(report: dict) -> None:
         print(
             f"pairs across a slideshow swap with passing parallax: the largest step carries "
             f"at least {share[0]:.2f} of the plane residual ({share[1]})"
+        )
+    for folder, p in report.get("photo_pairs", {}).items():
+        print(
+            f"different photos of one person in {folder}: {p['at_or_above_bound']} of "
+            f"{p['pairs']} pairs score at or above min_similarity (p99 {p['p99']:.3f}, "
+            f"max {p['max']:.3f})"
         )
     print("deepest eye closure with the rest of the face rigid (residual ≤ blink_max_rigid):")
     for group, items in report["blink"].items():

@@ -1,6 +1,6 @@
 """Labelled camera clips for presentation-attack measurement, built from registry photos only:
 
-    python -m bench.pad_clips --out /tmp/pad-clips [--set full|quick]
+    python -m bench.pad_clips --out /tmp/pad-clips [--set full|quick|door]
     python -m edge pad --clips /tmp/pad-clips
 
 Bona fide clips ("live") are rendered heads (edge/vision/facerender.py): a photo turned in 3-D
@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import sys
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -317,14 +318,16 @@ class Builder:
         self.photos = photos
         self._cache: dict[tuple[str, bool], tuple[np.ndarray, tuple[int, int, int, int]]] = {}
 
-    def photo(self, name: str, masked: bool, seed: int = 0) -> tuple[np.ndarray, tuple]:
-        """A registry photo (masked on request) and its face box."""
+    def photo(self, name: str, masked: bool) -> tuple[np.ndarray, tuple]:
+        """A registry photo (masked on request: the same mask whichever clip asks) and its
+        face box."""
         key = (name, masked)
         if key not in self._cache:
             img = read_image(self.photos / name)
             box = self.pipe.process(img, still=True).face.box
             if masked:
-                img = mask_face(self.pipe, img, rng=np.random.default_rng(seed), kind="surgical")[0]
+                rng = np.random.default_rng(zlib.crc32(name.encode()))
+                img = mask_face(self.pipe, img, rng=rng, kind="surgical")[0]
             self._cache[key] = (img, box)
         return self._cache[key]
 
@@ -350,8 +353,8 @@ class Builder:
 
     def _cards(self, spec: ClipSpec) -> list[np.ndarray]:
         cards = []
-        for k, src in enumerate(spec.sources):
-            img, box = self.photo(src, spec.masked, spec.seed + k)
+        for src in spec.sources:
+            img, box = self.photo(src, spec.masked)
             cards.append(portrait(img, box))
             if spec.options.get("mirror"):
                 cards.append(cv2.flip(cards[-1], 1))  # the same photo printed mirrored
@@ -382,91 +385,68 @@ class Builder:
         return render
 
     def _print_moved(self, spec: ClipSpec):
-        card = print_card(self._cards(spec)[0])
-        background = wall(spec.seed + 7)
-
         still = spec.options.get("still", False)  # held perfectly still: landmark noise
 
-        def render(t: float) -> np.ndarray:
-            hand = _hand(t, spec.seed, amount=0.0 if still else 2.5)
-            return place(
-                card,
-                background,
-                hand["cx"],
-                hand["cy"],
-                1.2 * hand["zoom"],
-                yaw=0.0 if still else 4 * math.sin(1.7 * t),
-                pitch=0.0 if still else 3 * math.sin(1.3 * t),
-                roll=hand["roll"],
-            )
+        def pose(t: float) -> dict[str, float]:
+            return {} if still else {"yaw": 4 * math.sin(1.7 * t), "pitch": 3 * math.sin(1.3 * t)}
 
-        return render
+        card = print_card(self._cards(spec)[0])
+        return _held(card, wall(spec.seed + 7), spec.seed, pose, amount=0.0 if still else 2.5)
 
     def _print_tilted(self, spec: ClipSpec):
-        card = print_card(self._cards(spec)[0])
-        background = wall(spec.seed + 11)
+        def pose(t: float) -> dict[str, float]:
+            w = 2 * math.pi * t
+            return {"yaw": 30 * math.sin(w / 2.6), "pitch": 18 * math.sin(w / 1.9)}
 
-        def render(t: float) -> np.ndarray:
-            hand = _hand(t, spec.seed)
-            return place(
-                card,
-                background,
-                hand["cx"],
-                hand["cy"],
-                1.2 * hand["zoom"],
-                yaw=30 * math.sin(2 * math.pi * t / 2.6),
-                pitch=18 * math.sin(2 * math.pi * t / 1.9),
-                roll=hand["roll"],
-            )
-
-        return render
+        return _held(print_card(self._cards(spec)[0]), wall(spec.seed + 11), spec.seed, pose)
 
     def _print_bent(self, spec: ClipSpec):
-        card = print_card(self._cards(spec)[0])
-        background = wall(spec.seed + 13)
         # Flexed in the hand round a vertical axis while turned, or folded and unfolded
         # quickly across the eyes (a horizontal axis), as a "blink" an attacker might try.
         axis = spec.options.get("axis", "vertical")
         period = 1.6 if axis == "vertical" else 0.7
 
-        def render(t: float) -> np.ndarray:
-            hand = _hand(t, spec.seed)
-            return place(
-                card,
-                background,
-                hand["cx"],
-                hand["cy"],
-                1.2 * hand["zoom"],
-                yaw=18 * math.sin(2 * math.pi * t / 2.4) if axis == "vertical" else 0.0,
-                pitch=5 * math.sin(1.1 * t),
-                roll=hand["roll"],
-                bend=0.6 + 0.5 * math.sin(2 * math.pi * t / period),
-                axis=axis,
-            )
+        def pose(t: float) -> dict:
+            return {
+                "yaw": 18 * math.sin(2 * math.pi * t / 2.4) if axis == "vertical" else 0.0,
+                "pitch": 5 * math.sin(1.1 * t),
+                "bend": 0.6 + 0.5 * math.sin(2 * math.pi * t / period),
+                "axis": axis,
+            }
 
-        return render
+        return _held(print_card(self._cards(spec)[0]), wall(spec.seed + 13), spec.seed, pose)
 
     def _screen(self, spec: ClipSpec):
         photo = self._cards(spec)[0]
-        background = wall(spec.seed + 17)
 
-        def render(t: float) -> np.ndarray:
-            hand = _hand(t, spec.seed, amount=0.6)
+        def card(t: float) -> np.ndarray:
             # The glare sweeps across the face, over the eyes too.
             glare = (0.5 + 0.4 * math.sin(1.3 * t), 0.35 + 0.15 * math.sin(0.9 * t))
-            card = screen_card(photo, glare, 0.35 + 0.25 * math.sin(0.7 * t) ** 2)
-            return place(
-                card,
-                background,
-                hand["cx"],
-                hand["cy"],
-                1.1 * hand["zoom"],
-                yaw=22 * math.sin(2 * math.pi * t / 2.8),
-                pitch=10 * math.sin(1.2 * t),
-                roll=hand["roll"],
-            )
+            return screen_card(photo, glare, 0.35 + 0.25 * math.sin(0.7 * t) ** 2)
 
-        return render
+        def pose(t: float) -> dict[str, float]:
+            return {"yaw": 22 * math.sin(2 * math.pi * t / 2.8), "pitch": 10 * math.sin(1.2 * t)}
+
+        return _held(card, wall(spec.seed + 17), spec.seed, pose, amount=0.6, scale=1.1)
+
+
+def _held(
+    card: np.ndarray | Callable[[float], np.ndarray],
+    background: np.ndarray,
+    seed: int,
+    pose: Callable[[float], dict],
+    amount: float = 1.0,
+    scale: float = 1.2,
+) -> Callable[[float], np.ndarray]:
+    """A card (or the card at time t) in a drifting hand, turned or bent as pose(t) says."""
+
+    def render(t: float) -> np.ndarray:
+        hand = _hand(t, seed, amount)
+        shown = card(t) if callable(card) else card
+        zoom = scale * hand["zoom"]
+        return place(shown, background, hand["cx"], hand["cy"], zoom, roll=hand["roll"], **pose(t))
+
+    return render
 
 
 def write_clip(builder: Builder, spec: ClipSpec, out: Path) -> Path:

@@ -275,7 +275,7 @@ class LivenessConfig(_Strict):
         4.0, gt=0, le=60, description="How far back a blink or movement counts."
     )
     # Measured on the PAD clips: rendered turns and nods reach 0.046-0.116, prints and screens
-    # stay at or below 0.031, held-still noise at 0.001.
+    # stay at or below 0.029, held-still noise at 0.001.
     min_parallax: StrictFloat = Field(
         0.038,
         gt=0,
@@ -292,7 +292,7 @@ class LivenessConfig(_Strict):
         description="Longest interval between the two frames compared: a head turns in about "
         "a second, a tracked mesh drifting over seconds is not a turn.",
     )
-    # Pairs across a slideshow swap that would pass put at least 0.82 into one step.
+    # Pairs across a slideshow swap that would pass put at least 0.84 into one step.
     max_step_share: StrictFloat = Field(
         0.6,
         gt=0,
@@ -300,7 +300,7 @@ class LivenessConfig(_Strict):
         description="Largest share of the plane residual one frame step may carry: a head "
         "turns over several frames, a swapped photo jumps at once.",
     )
-    # Rendered blinks close to 0.14-0.62, attacks on one photo never below 0.87.
+    # Rendered blinks close to 0.14-0.61, attacks on one photo never below 0.88.
     blink_ratio: StrictFloat = Field(
         0.65,
         gt=0,
@@ -330,7 +330,7 @@ class TrackConfig(_Strict):
         le=10,
         description="A face unseen this long ends its track (liveness and votes start again).",
     )
-    # Compared consecutive live frames score at least 0.896, another photo at most 0.79.
+    # Compared consecutive live frames score at least 0.894, another photo at most 0.79.
     min_similarity: StrictFloat = Field(
         0.84,
         ge=-1,

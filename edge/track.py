@@ -7,7 +7,7 @@ jump in position, size or pose is a cut. Liveness evidence and the k-of-n votes 
 track, so a cut starts both again.
 
 The identity test is the one that catches a swapped photo: consecutive frames of a rendered
-live head score a cosine of at least 0.88 (every frame, or every 2nd or 3rd as a loaded door
+live head score a cosine of at least 0.89 (every frame, or every 2nd or 3rd as a loaded door
 sees them), different photos of one person at most 0.79 (bench/pad_bounds.py). Two kinds of
 frame are not compared but carry the last compared embedding on: a frame aligned on the second
 detector's points instead of a trusted mesh, and a blink, which moves a masked face's
@@ -16,7 +16,7 @@ liveness test tells it: the eyes close while the rest of the face keeps its shap
 residual at most `blink_max_rigid` against the last compared frame); a new photo changes the
 face's shape too, so it is compared. The motion bounds are physiological limits (a head does
 not cross its own width in a tenth of a second); they catch gross jumps, not a careful swap.
-A photo and its own mirror image score alike (0.94–0.98): that swap is left to the liveness
+A photo and its own mirror image score alike (0.88–0.98): that swap is left to the liveness
 test, which refuses parallax that appears in one step.
 """
 
