@@ -339,19 +339,97 @@ class EnrollConfig(_Strict):
 
 
 class LivenessConfig(_Strict):
-    enabled: StrictBool = Field(True, description="Require a blink or a head movement.")
+    # Bounds measured with `python -m bench.pad_bounds` (see the README, "Presentation attacks").
+    enabled: StrictBool = Field(
+        True, description="Require a blink or 3-D head movement on one continuous track."
+    )
     window_s: StrictFloat = Field(
         4.0, gt=0, le=60, description="How far back a blink or movement counts."
     )
-    blink_ratio: StrictFloat = Field(
+    # Measured on the PAD clips: rendered turns and nods reach 0.046-0.116, prints and screens
+    # stay at or below 0.029, held-still noise at 0.001.
+    min_parallax: StrictFloat = Field(
+        0.038,
+        gt=0,
+        le=1,
+        description="Head movement counts when, between two frames of the track, the mesh "
+        "points leave a plane-homography residual of which a rigid 3-D face explains at least "
+        "this much (RMS, in units of the face's RMS radius): a print or screen moved, tilted "
+        "or bent stays below it.",
+    )
+    max_pair_s: StrictFloat = Field(
+        1.5,
+        gt=0,
+        le=60,
+        description="Longest interval between the two frames compared: a head turns in about "
+        "a second, a tracked mesh drifting over seconds is not a turn.",
+    )
+    # Pairs across a slideshow swap that would pass put at least 0.84 into one step.
+    max_step_share: StrictFloat = Field(
         0.6,
         gt=0,
-        lt=1,
-        description="An eye-aspect ratio below this fraction of the face's open-eye ratio "
-        "counts as closed.",
+        le=1,
+        description="Largest share of the plane residual one frame step may carry: a head "
+        "turns over several frames, a swapped photo jumps at once.",
     )
-    min_yaw_change_deg: StrictFloat = Field(
-        8.0, gt=0, le=90, description="Head turn (yaw range in the window) that counts as movement."
+    # Rendered blinks close to 0.14-0.61, attacks on one photo never below 0.88.
+    blink_ratio: StrictFloat = Field(
+        0.65,
+        gt=0,
+        lt=1,
+        description="Both eyes' openings below this fraction of what the widest-open frame of "
+        "the last blink_max_s predicts (carried over by the rest of the face) count as closed.",
+    )
+    # Rendered blinks keep the rest of the face within 0.045 (a turning blink included).
+    blink_max_rigid: StrictFloat = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Largest plane residual of the rest of the face while the eyes close: a "
+        "blink is local, a photo bent or flipped moves the whole face.",
+    )
+    blink_max_s: StrictFloat = Field(
+        1.0, gt=0, le=10, description="Longest closure that still counts as a blink."
+    )
+
+
+class TrackConfig(_Strict):
+    """When consecutive frames are one face moving, and when they are a cut."""
+
+    max_gap_s: StrictFloat = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="A face unseen this long ends its track (liveness and votes start again).",
+    )
+    # Compared consecutive live frames score at least 0.894, another photo at most 0.79.
+    min_similarity: StrictFloat = Field(
+        0.84,
+        ge=-1,
+        le=1,
+        description="Lowest cosine between consecutive frames' embeddings of one track: a "
+        "different photo of the same person scores lower.",
+    )
+    max_speed: StrictFloat = Field(
+        5.0,
+        gt=0,
+        le=100,
+        description="Fastest the face's centre may move, in face widths per second (a head "
+        "at the door moves at most about 2).",
+    )
+    max_zoom: StrictFloat = Field(
+        1.5,
+        gt=0,
+        le=100,
+        description="Fastest the face's size may change, |ln(width ratio)| per second (someone "
+        "stepping up to the camera: about 1).",
+    )
+    max_turn_rate: StrictFloat = Field(
+        400.0,
+        gt=0,
+        le=3600,
+        description="Fastest yaw or pitch change, degrees per second (a quick head turn peaks "
+        "at a few hundred).",
     )
 
 
@@ -381,6 +459,11 @@ class DecisionConfig(_Strict):
     )
     idle_fps: StrictFloat = Field(
         3.0, gt=0, le=120, description="Landmarks-only rate while nobody is there."
+    )
+    track: TrackConfig = Field(
+        default_factory=TrackConfig,
+        description="When consecutive frames are one face (a track) and when they are a cut: "
+        "votes and liveness evidence count within one track.",
     )
 
 

@@ -20,10 +20,9 @@ import numpy as np
 
 from edge.capture import make_grabber
 from edge.config import Config
-from edge.decide import Decider, Decision, Observation
+from edge.decide import Decider, Decision
 from edge.enroll import Enroller, variants_from_config
-from edge.liveness import eye_aspect_ratio
-from edge.match import threshold_for
+from edge.observe import judge_frame
 from edge.opener import DoorOpener
 from edge.pipeline import Pipeline
 from edge.relay import Relay, make_relay
@@ -31,7 +30,6 @@ from edge.request_handlers import RequestHandlers
 from edge.store import Store
 from edge.systemd import notify, watchdog_interval_s
 from edge.templates import Templates
-from edge.vision.quality import FaceRejected
 
 log = logging.getLogger(__name__)
 
@@ -231,49 +229,28 @@ class Door:
             rate = cfg.decision.active_fps if face_present else cfg.decision.idle_fps
             next_due = now + 1.0 / rate
             try:
-                face_present = self._on_frame(frame, face_present)
+                face_present = self._on_frame(frame)
             except Exception:
                 # One bad frame must not take the door down; a persistent fault shows in the
                 # journal, and a hang stops the watchdog pings.
                 log.exception("frame %d failed", frame.index)
                 face_present = False
 
-    def _on_frame(self, frame, face_present: bool) -> bool:
-        """Process one frame; returns whether a face is present."""
+    def _on_frame(self, frame) -> bool:
+        """Process one frame; returns whether a face is present (the loop's rate choice). The
+        landmark step runs first; the rest of the chain follows only on a face."""
         assert self.pipeline is not None
-        ts = int(frame.t_capture * 1000)
-        try:
-            # While nobody is there only the landmark step runs; the rest follows on a face.
-            face = self.pipeline.detect(frame.image, ts) if not face_present else None
-            r = self.pipeline.process(frame.image, ts, face=face)
-        except FaceRejected as err:
-            if err.reason in (FaceRejected.NO_FACE, FaceRejected.BAD_IMAGE):
-                self.decider.no_face(frame.t_capture)
-                return False
-            return True  # a face, but not good enough to judge: neither vote nor failure
-        gallery = self.templates.gallery
-        match = gallery.search(r.embedding) if gallery is not None else None
-        thr = threshold_for(self.cfg.match, r.masked)
-        score = match.score if match and match.label else -1.0
-        person = match.label if match and match.label and score >= thr else None
-        mesh = r.face.mesh
-        obs = Observation(
-            t=frame.t_capture,
-            person=person,
-            best=match.label if match else None,
-            score=score,
-            threshold=thr,
-            masked=r.masked,
-            yaw=r.face.yaw,
-            # A mesh judged misfitted (YuNet aligned instead) would make eyelid jitter look
-            # like a blink.
-            ear=eye_aspect_ratio(mesh.points)
-            if mesh is not None and r.face.source == "mesh"
-            else None,
+        judged = judge_frame(
+            self.pipeline,
+            self.decider,
+            self.templates.gallery,
+            self.cfg.match,
+            frame.image,
+            frame.t_capture,
         )
-        for d in self.decider.observe(obs):
+        for d in judged.decisions:
             self._act(d, frame.image)
-        return True
+        return judged.present
 
     def _act(self, d: Decision, image: np.ndarray) -> None:
         log.info(

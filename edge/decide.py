@@ -1,8 +1,10 @@
 """Frames → door decisions: k of the last n frames, liveness, cooldown, growing lockout.
 
 Pure logic over observations (no models, no I/O), so the policy is tested frame by frame.
-One "track" is a face seen without a gap longer than `attempt_gap_s`; a track whose window of
-n good-quality frames fills without k matches of one person is one failed attempt.
+A "visit" is a face seen without a gap longer than `attempt_gap_s`; a visit whose window of
+n good-quality frames fills without k matches of one person is one failed attempt. Within a
+visit, a "track" is one face followed continuously (edge/track.py): a cut (a photo swapped, a
+jump) empties the k-of-n window and the liveness evidence, which both belong to one track.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from edge.config import DecisionConfig, LivenessConfig
-from edge.liveness import LivenessSample, LivenessTracker
+from edge.liveness import LivenessTracker
+from edge.track import Sighting, Track
+from edge.vision.landmarks import Face
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +28,18 @@ log = logging.getLogger(__name__)
 class Observation:
     """One good-quality frame of the face in front of the door."""
 
-    t: float  # capture time, monotonic seconds
+    sighting: Sighting  # capture time, box, pose, embedding: the track's continuity
     person: str | None  # best match if at or above its threshold, else None
     best: str | None  # best gallery match whatever its score (for the record)
     score: float
     threshold: float
     masked: bool
-    yaw: float
-    ear: float | None = None
+    mesh: Face | None = None  # a trusted mesh (points and depth): liveness evidence
+
+    @property
+    def t(self) -> float:
+        """Capture time, monotonic seconds."""
+        return self.sighting.t
 
 
 @dataclass
@@ -41,7 +49,7 @@ class Decision:
     score: float
     threshold: float
     masked: bool
-    liveness: str
+    liveness: str  # the evidence and its measured values, e.g. "blink parallax=0.012 eyes=0.21"
     frames: int
     latency_ms: float
     reason: str
@@ -64,9 +72,11 @@ class Decider:
         self.liveness = LivenessTracker(liveness)
         self._window: deque[Observation] = deque(maxlen=cfg.n)
         self._last_t: float | None = None
-        self._track_start: float | None = None
+        self.track = Track(cfg.track, liveness.blink_max_rigid)
+        self._visit_start: float | None = None
+        self.cuts = 0  # tracks cut short during this visit
         self._denied = False
-        self._served = False  # this track already opened the door: once per visit
+        self._served = False  # this visit already opened the door: once per visit
         self.failures = 0
         self.lockout_until = 0.0
         self._next_lockout = cfg.lockout_s
@@ -76,33 +86,62 @@ class Decider:
     def locked_out(self, now: float | None = None) -> bool:
         return (self.clock() if now is None else now) < self.lockout_until
 
-    def _end_track(self) -> None:
+    def _end_visit(self) -> None:
         self._window.clear()
         self.liveness.reset()
+        self.track.reset()
         self._denied = False
         self._served = False
         self._last_t = None
-        self._track_start = None
+        self._visit_start = None
+        self.cuts = 0
+
+    def _cut(self, reason: str) -> None:
+        """The face followed is not the one before: votes and liveness start again."""
+        self.cuts += 1
+        log.info("track cut: %s; votes and liveness start again", reason)
+        self._window.clear()
+        self.liveness.reset()
 
     def no_face(self, t: float) -> None:
-        """No usable face in this frame: after `attempt_gap_s` the attempt is over."""
-        if self._last_t is not None and t - self._last_t > self.cfg.attempt_gap_s:
-            self._end_track()
+        """No face in this frame: after `track.max_gap_s` the track, after `attempt_gap_s`
+        the attempt is over."""
+        if self._last_t is None:
+            return
+        gap = t - self._last_t
+        if gap > self.cfg.attempt_gap_s:
+            self._end_visit()
+        elif gap > self.cfg.track.max_gap_s and self.track.last is not None:
+            self.track.reset()
+            self._cut(f"face unseen for {gap:.2f} s")
+
+    def seen(self, s: Sighting) -> None:
+        """A face too small, turned or blurred to judge: it keeps (or cuts) its track only."""
+        if not self.locked_out():
+            self._follow(s)
+
+    def _follow(self, s: Sighting) -> None:
+        """Continue the visit and the track with this sighting, or cut the track."""
+        if self._last_t is not None and s.t - self._last_t > self.cfg.attempt_gap_s:
+            self._end_visit()
+        reason = self.track.follow(s)
+        if reason is not None:
+            self._cut(reason)
+        self._last_t = s.t
+        if self._visit_start is None:
+            self._visit_start = s.t
 
     # -- decisions ------------------------------------------------------------------------
     def observe(self, obs: Observation) -> list[Decision]:
         now = self.clock()
         if self.locked_out(now):
             return []  # the lockout was announced when it began
-        if self._last_t is not None and obs.t - self._last_t > self.cfg.attempt_gap_s:
-            self._end_track()
-        self._last_t = obs.t
+        self._follow(obs.sighting)
         if self._served:
             return []  # opened for this visit; the next one starts after the face has left
-        if self._track_start is None:
-            self._track_start = obs.t
         self._window.append(obs)
-        self.liveness.add(LivenessSample(obs.t, obs.ear, obs.yaw))
+        if obs.mesh is not None:
+            self.liveness.add(obs.t, obs.mesh.points, obs.mesh.depth)
 
         votes = Counter(o.person for o in self._window if o.person is not None)
         if votes:
@@ -128,7 +167,7 @@ class Decider:
             score=round(score, 4),
             threshold=thr,
             masked=masked,
-            liveness=self.liveness.status(now),
+            liveness=f"{self.liveness.status(now)} cuts={self.cuts}",
             frames=len(self._window),
             latency_ms=round(max(now - last.t, 0.0) * 1000, 1),
             reason=reason,
@@ -137,11 +176,13 @@ class Decider:
     def _try_unlock(self, person: str, now: float) -> list[Decision]:
         if now < self._cooldown.get(person, 0.0):
             return []  # let in moments ago: no second pulse while they walk through
-        if not self.liveness.passed(now):
-            span = self._window[-1].t - (self._track_start or self._window[-1].t)
-            # Give a live person the whole window to blink or move before saying no.
+        if not self.liveness.status(now).passed:
+            span = self._window[-1].t - (self._visit_start or self._window[-1].t)
+            # Give a live person the whole window to blink or move before saying no; counted
+            # over the visit, so a slideshow whose cuts keep restarting its tracks is refused.
             if span >= self.liveness.cfg.window_s and not self._denied:
-                return self._fail("no blink or head movement (liveness)", now, person)
+                why = "no blink or 3-D head movement on one track (liveness)"
+                return self._fail(why, now, person)
             return []
         d = self._decision("unlock", person, f"{self.cfg.k} of {len(self._window)} frames", now)
         self._cooldown[person] = now + self.cfg.cooldown_s
@@ -150,7 +191,7 @@ class Decider:
         self._window.clear()
         self.liveness.reset()
         self._served = True
-        log.info("unlock for %s (score %.3f)", person, d.score)
+        log.info("unlock for %s (score %.3f, liveness %s)", person, d.score, d.liveness)
         return [d]
 
     def _fail(self, reason: str, now: float, person: str | None = None) -> list[Decision]:
@@ -170,5 +211,5 @@ class Decider:
             )
             out.append(lock)
             log.warning("lockout for %.0f s after repeated failed attempts", seconds)
-            self._end_track()
+            self._end_visit()
         return out

@@ -99,3 +99,17 @@ def shared_data() -> Path:
             f"shared datasets not present at {path} (they live beside the repository in CI)"
         )
     return path
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="run the long `slow` checks at full size (by default, and in CI, some run reduced)",
+    )
+
+
+@pytest.fixture(scope="session")
+def full_size(request: pytest.FixtureRequest) -> bool:
+    """True with --full: a long check runs on its whole set instead of a reduced one."""
+    return bool(request.config.getoption("--full"))

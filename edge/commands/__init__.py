@@ -7,9 +7,10 @@ from edge.commands import (
     door,
     evaluate,
     maskify,
+    pad,
     photos,
     relay,
     sign,
 )
 
-COMMANDS = (photos, evaluate, calibrate, bench, doctor, door, relay, sign, maskify)
+COMMANDS = (photos, evaluate, calibrate, bench, pad, doctor, door, relay, sign, maskify)

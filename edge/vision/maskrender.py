@@ -410,7 +410,7 @@ def _warp(
     for t in order:
         poly = np.round(local[tris[t]] * 16).astype(np.int32)
         cv2.fillConvexPoly(ids, poly, int(t) + 1, cv2.LINE_8, shift=4)
-    inv = _inverse_affines(local, src, tris)
+    inv = inverse_affines(local, src, tris)
     covered = ids > 0
     if not covered.any():
         return None
@@ -426,8 +426,8 @@ def _warp(
     return warped, (x0, y0)
 
 
-def _inverse_affines(dst: np.ndarray, src: np.ndarray, tris: np.ndarray) -> np.ndarray:
-    """(T, 2, 3) affines taking each face triangle back onto its mask triangle."""
+def inverse_affines(dst: np.ndarray, src: np.ndarray, tris: np.ndarray) -> np.ndarray:
+    """(T, 2, 3) affines taking each triangle at `dst` back onto the same one at `src`."""
     d = np.concatenate([dst[tris], np.ones((len(tris), 3, 1))], axis=2)  # (T, 3, 3)
     s = src[tris]  # (T, 3, 2)
     # A folded triangle can be singular on the face: give it a least-squares map, not a crash.
