@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -90,9 +90,14 @@ def _wait(
     timeout: float,
     doors: list[str] | None = None,
     force: bool = False,
+    change: Callable[[], None] | None = None,
 ) -> int:
+    """Connect, learn every door's state, make `change`, then wait for the doors to confirm."""
     fleet, link = _connected_fleet(cfg, reg)
     try:
+        if change is not None:
+            change()
+            fleet.reload()
         if force:
             fleet.force_sync(doors if doors is not None else fleet.expected)
         left = fleet.wait_confirmed(doors, timeout)
@@ -103,9 +108,9 @@ def _wait(
     for d in left:
         live = fleet.doors.get(d)
         why = "offline" if live is None or not live.online else "not confirmed"
+        have = live.hash[:12] if live is not None and live.hash else "-"
         print(
-            f"  NOT CONFIRMED {d}: {why} (reports {live.hash[:12] if live and live.hash else '-'}"
-            f", expected {fleet.expected[d].hash[:12]})"
+            f"  NOT CONFIRMED {d}: {why} (reports {have}, expected {fleet.expected[d].hash[:12]})"
         )
     return EXIT_UNCONFIRMED if left else 0
 
@@ -241,9 +246,12 @@ def cmd_revoke(args: argparse.Namespace, cfg: FleetConfig) -> int:
         if not reg.has_person(args.person):
             raise RegistryError(f"no person {args.person!r} in the registry")
         groups = next(p["groups"] for p in reg.persons() if p["person_id"] == args.person)
-        reg.update_person(args.person, remove_groups=groups)
-        print(f"revoked {args.person} (was in {', '.join(groups) or 'no group'})")
-        return _wait(cfg, reg, args.timeout)
+
+        def change() -> None:
+            reg.update_person(args.person, remove_groups=groups)
+            print(f"revoked {args.person} (was in {', '.join(groups) or 'no group'})")
+
+        return _wait(cfg, reg, args.timeout, change=change)
 
 
 def _since(text: str | None) -> float | None:

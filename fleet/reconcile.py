@@ -147,6 +147,14 @@ class Fleet:
         self._revision = revision
         self._load_doors()
         expectations = self.registry.expectations()
+        # A door that holds the previous expectation holds a set the fleet knows: the next
+        # change can go to it as a few small requests rather than a full sync.
+        for device_id, old in self.expected.items():
+            live = self.doors.get(device_id)
+            if live is not None and live.hash == old.hash:
+                live.believed[old.hash] = old.persons
+                while len(live.believed) > 4:
+                    del live.believed[next(iter(live.believed))]
         self.expected = {
             device_id: Expected(model, persons, self._set_hash(model, persons))
             for device_id, (model, persons) in expectations.items()
@@ -267,6 +275,8 @@ class Fleet:
                 if self.on_confirm is not None:
                     self.on_confirm(live.device_id, exp.hash, now)
             return
+        if live.confirmed_hash is not None:
+            live.confirmed_hash, live.dirty = None, True  # it no longer holds what it should
         quiet = now - live.last_sent >= self.timing.resend_s
         if quiet and live.known and live.hash not in live.known:
             self._flag(live, now)

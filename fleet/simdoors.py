@@ -74,6 +74,8 @@ class SimDoor:
             prefix=self.spec["prefix"],
             device_id=self.device_id,
             client_id=f"sim-{self.device_id}",
+            username=self.spec.get("username"),
+            password=self.spec.get("password"),
             discovery=False,
             keepalive_s=10,
         )
