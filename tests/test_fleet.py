@@ -17,7 +17,7 @@ from broker import SERVER_PASSWORD, SERVER_USER, have_mosquitto, wait_until
 from fleet_site import MODEL_ID, Site, door_lists, embedding
 
 from edge.mqtt.signing import generate_keypair, sign_request
-from fleet.registry import Registry, RegistryError
+from fleet.registry import RegistryError
 
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
 
