@@ -51,6 +51,19 @@ class TimingConfig(_Strict):
         description="A door not confirming this long after a request is sent "
         "the next one (requests are idempotent toward the expected set).",
     )
+    max_resend_s: StrictFloat = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Each unconfirmed resend waits twice as long as the one before, up to this.",
+    )
+    max_syncs_in_flight: StrictInt = Field(
+        50,
+        ge=1,
+        le=100000,
+        description="Full syncs (large) outstanding at once across the fleet; more doors wait "
+        "their turn, so a roll-out to hundreds of doors does not flood the broker.",
+    )
     reconcile_every_s: StrictFloat = Field(
         0.25, gt=0, le=60, description="How often doors are compared with the registry."
     )

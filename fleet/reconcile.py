@@ -60,6 +60,8 @@ class DoorLive:
     last_event: float | None = None
     last_sent: float = -1e18
     sent_for: str | None = None  # the expected hash the last request aimed at
+    attempts: int = 0  # requests sent for sent_for without a confirmation
+    syncing: bool = False  # the last request was a full sync
     known: set[str] = field(default_factory=set)  # hashes the fleet asked this door to hold
     # Sets the fleet predicted, by their hash: the base for incremental requests.
     believed: dict[str, dict[str, ExpectedPerson]] = field(default_factory=dict)
@@ -263,11 +265,19 @@ class Fleet:
 
     # -- comparing and sending -----------------------------------------------------------------
 
+    def _patience(self, live: DoorLive) -> float:
+        # Doubles with each unanswered attempt: a slow or overloaded door is not buried under
+        # copies of a large sync it is still working through.
+        return min(
+            self.timing.resend_s * 2 ** max(live.attempts - 1, 0), self.timing.max_resend_s
+        )
+
     def _check(self, live: DoorLive, now: float) -> None:
         exp = self.expected.get(live.device_id)
         if exp is None or live.hash is None:
             return
         if live.hash == exp.hash:
+            live.attempts, live.syncing = 0, False
             if live.confirmed_hash != exp.hash:
                 live.confirmed_hash, live.confirmed_time, live.dirty = exp.hash, now, True
                 if live.flagged:
@@ -277,7 +287,7 @@ class Fleet:
             return
         if live.confirmed_hash is not None:
             live.confirmed_hash, live.dirty = None, True  # it no longer holds what it should
-        quiet = now - live.last_sent >= self.timing.resend_s
+        quiet = now - live.last_sent >= self._patience(live)
         if quiet and live.known and live.hash not in live.known:
             self._flag(live, now)
 
@@ -296,29 +306,46 @@ class Fleet:
         """Send requests to every online door that differs and has nothing in flight."""
         now = self.clock()
         n = 0
+        syncing = sum(
+            1
+            for d in self.doors.values()
+            if d.syncing and now - d.last_sent < self._patience(d)
+        )
         for device_id, exp in self.expected.items():
             live = self.doors.get(device_id)
             if live is None or not live.online or live.hash is None:
                 continue
             if live.hash == exp.hash and device_id not in self.forced:
                 continue
-            # A new expectation goes out at once; the same one is resent after resend_s.
-            if live.sent_for == exp.hash and now - live.last_sent < self.timing.resend_s:
+            # A new expectation goes out at once; the same one again after _patience().
+            if live.sent_for == exp.hash and now - live.last_sent < self._patience(live):
                 continue
             if not self.link.connected.is_set():
                 return n
             if live.known and live.hash not in live.known:
                 self._flag(live, now)
-            self._send(live, exp, now)
+            ops, predicted = self._plan(live, exp)
+            if ops[0][0] == "sync":
+                if syncing >= self.timing.max_syncs_in_flight:
+                    continue  # the window is full: this door's turn comes next round
+                syncing += 1
+            self._send(live, exp, ops, predicted, now)
             n += 1
         return n
 
-    def _send(self, live: DoorLive, exp: Expected, now: float) -> None:
+    def _plan(
+        self, live: DoorLive, exp: Expected
+    ) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+        """The requests that take this door from what it reports to `exp`, and every hash it
+        may report on the way."""
         base = live.believed.get(live.hash) if live.hash is not None else None
         forced = live.device_id in self.forced
-        self.forced.discard(live.device_id)
         ops: list[tuple[str, dict[str, Any]]] = []
         predicted: list[str] = [exp.hash]
+        if not live.known and live.hash is not None:
+            # First contact: what the door holds before the fleet's first request is its
+            # starting point, not a tamper (it may report it again while the sync is queued).
+            predicted.append(live.hash)
         if base is not None and not forced:
             removed = [pid for pid in base if pid not in exp.persons]
             changed = [
@@ -326,7 +353,7 @@ class Fleet:
                 for pid, p in exp.persons.items()
                 if pid not in base or person_digest(base[pid]) != person_digest(p)
             ]
-            if len(removed) + len(changed) <= self.timing.max_incremental:
+            if 0 < len(removed) + len(changed) <= self.timing.max_incremental:
                 ops = [("delete", {"person_id": pid}) for pid in removed]
                 ops += [("enroll", enroll_payload(exp.persons[pid])) for pid in changed]
                 # A door may apply these in any order across its two lanes, or refuse one:
@@ -338,14 +365,27 @@ class Fleet:
                     step = dict(base)
                     step[pid] = exp.persons[pid]
                     predicted.append(self._set_hash(exp.model_id, step))
-        if not ops and (base is None or forced or live.hash != exp.hash):
+        if not ops:
             ops = [("sync", sync_payload(exp.persons))]
+        return ops, predicted
+
+    def _send(
+        self,
+        live: DoorLive,
+        exp: Expected,
+        ops: list[tuple[str, dict[str, Any]]],
+        predicted: list[str],
+        now: float,
+    ) -> None:
+        self.forced.discard(live.device_id)
         for h in predicted:
             if h not in live.known:
                 live.known.add(h)
                 self._new_hashes.append((live.device_id, h))
         live.believed = {exp.hash: exp.persons}
+        live.attempts = live.attempts + 1 if live.sent_for == exp.hash else 1
         live.last_sent, live.sent_for = now, exp.hash
+        live.syncing = ops[0][0] == "sync"
         for action, payload in ops:
             self._publish(live.device_id, action, payload)
 
