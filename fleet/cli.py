@@ -356,7 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="many simulated doors against a mosquitto of its own")
     sim.add_argument("--doors", type=int, default=50)
     sim.add_argument("--people", type=int, default=100)
-    sim.add_argument("--processes", type=int, default=0, help="0: one per 100 doors, 2–8")
+    sim.add_argument(
+        "--processes", type=int, default=0, help="door processes (0: one per 63 doors, at least 2)"
+    )
     sim.add_argument("--offline", type=float, default=0.1, help="share of doors taken offline")
     sim.add_argument("--workdir", type=Path, help="default: a temporary folder on tmpfs")
     sim.add_argument("--json", action="store_true")

@@ -39,6 +39,14 @@ MODEL_ID = "sim-128"
 DIM = 128
 GROUP = "staff"
 CONVERGE_TIMEOUT_S = 120.0
+# A simulated door holds ~12 file descriptors (its socket, paho's wake-up socket pair, three
+# SQLite files with their -wal and -shm); paho waits on them with select(), limited to
+# descriptors below 1024. So a process carries at most this many doors.
+MAX_DOORS_PER_PROCESS = 63
+
+
+class SimulationError(RuntimeError):
+    pass
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -149,7 +157,13 @@ class FleetThread:
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     n, people = args.doors, args.people
-    procs = args.processes or min(8, max(2, (n + 99) // 100))
+    procs = args.processes or max(2, -(-n // MAX_DOORS_PER_PROCESS))
+    if -(-n // procs) > MAX_DOORS_PER_PROCESS:
+        raise SimulationError(
+            f"{n} doors over {procs} processes is more than {MAX_DOORS_PER_PROCESS} per "
+            "process: paho's network loop uses select(), which cannot watch file descriptors "
+            "above 1023, and each simulated door holds about 12"
+        )
     rng = np.random.default_rng(7)
     broker = LocalBroker(workdir / "broker")
     broker.start()
@@ -293,6 +307,14 @@ def main(args: argparse.Namespace) -> int:
         print("error: --doors ≥ 1 and --people ≥ 2", file=sys.stderr)
         return 1
     logging.getLogger().setLevel(logging.WARNING if args.json else logging.INFO)
+    try:
+        return _main(args)
+    except SimulationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         result = run(args, args.workdir)
