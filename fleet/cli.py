@@ -26,6 +26,7 @@ from fleet.registry import Registry, RegistryError, StoredEmbedding
 log = logging.getLogger(__name__)
 
 EXIT_UNCONFIRMED = 3
+WATCH_SESSION_S = 86400
 
 
 def _registry(cfg: FleetConfig) -> Registry:
@@ -290,7 +291,10 @@ def cmd_watch(args: argparse.Namespace, cfg: FleetConfig) -> int:
     with _registry(cfg) as reg:
         key = load_key(cfg.resolve(cfg.key_file))
         log.info("fleet key %s", public_key_b64(key))
-        link = Link(cfg.broker)
+        # One watch per registry: a fixed client id and a persistent session (a day), so the
+        # broker keeps the doors' events for it across its restarts.
+        client_id = cfg.broker.client_id or "maskgate-fleet-watch"
+        link = Link(cfg.broker, client_id=client_id, session_s=WATCH_SESSION_S)
         link.start()
         if not link.wait_connected(30):
             log.warning("broker not reachable yet; following doors once it is")

@@ -9,15 +9,13 @@ persons, names and embeddings — nothing more (a revoked person), nothing less.
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from edge.enroll import ReadyEmbedding, check_embeddings
-from edge.store.content import Person, Row, content_hash, lp
+from edge.store.content import Person, Row, content_hash
 from fleet.registry import ExpectedPerson
 
 
@@ -65,12 +63,7 @@ def door_person(p: ExpectedPerson, model_id: str) -> Person:
 
 def person_digest(p: ExpectedPerson) -> str:
     """Identifies one version of a person (name and embeddings): what changed since last time."""
-    h = hashlib.sha256(b"P" + lp(p.person_id))
-    h.update(b"\x00" if p.name is None else b"\x01" + lp(p.name))
-    for e in p.embeddings:
-        h.update(lp(e.model_id) + bytes([e.masked]) + struct.pack(">I", e.vector.shape[0]))
-        h.update(np.ascontiguousarray(e.vector, "<f4").tobytes())
-    return h.hexdigest()
+    return p.digest
 
 
 class HashCache:

@@ -7,10 +7,13 @@ import logging
 import os
 import queue
 import threading
+import time
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from fleet.config import BrokerConfig
 
@@ -26,11 +29,15 @@ class Report:
     kind: str  # availability, state, event, audit, reply
     payload: bytes
     retained: bool
+    received: float  # time.time() when it reached the fleet
 
 
 class Link:
-    def __init__(self, cfg: BrokerConfig, client_id: str | None = None) -> None:
+    def __init__(self, cfg: BrokerConfig, client_id: str | None = None, session_s: int = 0) -> None:
+        """`session_s` > 0 (the watch service): a persistent session, so events and audit
+        records published while the fleet is down are queued by the broker and stored later."""
         self.cfg = cfg
+        self.session_s = session_s
         self.prefix = cfg.prefix.strip("/")
         self.reports: queue.Queue[Report] = queue.Queue()
         self.connected = threading.Event()
@@ -59,7 +66,17 @@ class Link:
         self._client.on_message = self._on_message
 
     def start(self) -> None:
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        props = None
+        if self.session_s > 0:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_s
+        self._client.connect_async(
+            self.cfg.host,
+            self.cfg.port,
+            keepalive=self.cfg.keepalive_s,
+            clean_start=self.session_s <= 0,
+            properties=props,
+        )
         self._client.loop_start()
 
     def wait_connected(self, timeout_s: float) -> bool:
@@ -93,4 +110,5 @@ class Link:
         if parts[: len(head)] != head or len(parts) < len(head) + 2:
             return
         device_id, kind = parts[len(head)], parts[len(head) + 1]
-        self.reports.put(Report(device_id, kind, bytes(msg.payload), bool(msg.retain)))
+        report = Report(device_id, kind, bytes(msg.payload), bool(msg.retain), time.time())
+        self.reports.put(report)

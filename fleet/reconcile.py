@@ -200,7 +200,9 @@ class Fleet:
                 self._unknown_doors.add(r.device_id)
                 log.warning("door %s is on the broker but not in the registry", r.device_id)
             return
-        now = self.clock()
+        # When the report reached the fleet, not when this loop got to it: a confirmation's
+        # time is the door's, not the fleet's backlog.
+        now = min(r.received, self.clock())
         if r.kind == "availability":
             online = r.payload == b"online"
             if online and not live.online:
@@ -268,9 +270,7 @@ class Fleet:
     def _patience(self, live: DoorLive) -> float:
         # Doubles with each unanswered attempt: a slow or overloaded door is not buried under
         # copies of a large sync it is still working through.
-        return min(
-            self.timing.resend_s * 2 ** max(live.attempts - 1, 0), self.timing.max_resend_s
-        )
+        return min(self.timing.resend_s * 2 ** max(live.attempts - 1, 0), self.timing.max_resend_s)
 
     def _check(self, live: DoorLive, now: float) -> None:
         exp = self.expected.get(live.device_id)
@@ -307,9 +307,7 @@ class Fleet:
         now = self.clock()
         n = 0
         syncing = sum(
-            1
-            for d in self.doors.values()
-            if d.syncing and now - d.last_sent < self._patience(d)
+            1 for d in self.doors.values() if d.syncing and now - d.last_sent < self._patience(d)
         )
         for device_id, exp in self.expected.items():
             live = self.doors.get(device_id)

@@ -8,21 +8,25 @@ knows to recompute expectations without polling tables.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import sqlite3
 import stat
+import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge.store.content import lp
 from fleet.schema import migrate
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,16 @@ class ExpectedPerson:
     person_id: str
     name: str | None
     embeddings: tuple[StoredEmbedding, ...]
+
+    @cached_property
+    def digest(self) -> str:
+        """Identifies this version of the person (name and embeddings)."""
+        h = hashlib.sha256(b"P" + lp(self.person_id))
+        h.update(b"\x00" if self.name is None else b"\x01" + lp(self.name))
+        for e in self.embeddings:
+            h.update(lp(e.model_id) + bytes([e.masked]) + struct.pack(">I", e.vector.shape[0]))
+            h.update(np.ascontiguousarray(e.vector, "<f4").tobytes())
+        return h.hexdigest()
 
 
 @dataclass(frozen=True)
