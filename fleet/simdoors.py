@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import resource
 import secrets
 import sys
 import threading
@@ -152,6 +153,9 @@ def main(argv: list[str]) -> int:
                     "errors": counter.messages,
                 }
             )
+        elif op == "cpu":
+            use = resource.getrusage(resource.RUSAGE_SELF)
+            say({"op": op, "cpu_s": use.ru_utime + use.ru_stime})
         elif op == "quit":
             break
     for door in doors.values():

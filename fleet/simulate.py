@@ -155,6 +155,23 @@ class FleetThread:
             time.sleep(0.1)
 
 
+def _wait_idle(workers: Workers, timeout_s: float = 60.0) -> float:
+    """Wait until the door processes use under a tenth of a core together; seconds waited."""
+    t0 = time.monotonic()
+
+    def cpu() -> float:
+        return sum(r["cpu_s"] for r in workers.ask({"op": "cpu"}))
+
+    before = cpu()
+    while time.monotonic() - t0 < timeout_s:
+        time.sleep(1.0)
+        now = cpu()
+        if now - before < 0.1:
+            break
+        before = now
+    return round(time.monotonic() - t0, 2)
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     n, people = args.doors, args.people
     procs = args.processes or max(2, -(-n // MAX_DOORS_PER_PROCESS))
@@ -235,7 +252,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             time.sleep(0.05)
         online = [d for d in ids if d not in set(offline)]
 
-        # 3. Revoke one person; time each online door's confirmation.
+        # 3. Revoke one person on a site at rest (doors done with the roll-out's last
+        # requests, as a real revocation would find them); time each online door.
+        phases["settle_s"] = _wait_idle(workers)
+        sent_at: list[float] = []
+        fleet.on_sent = lambda _n: sent_at.append(time.time())
         victim = person_ids[people // 2]
         with fleet_thread.lock:
             t_revoke = time.time()
@@ -248,8 +269,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             for d in online
             if (t := fleet_thread.when_confirmed(d, new_hash[d])) is not None
         ]
+        fleet.on_sent = None
         result["revocation"] = {
             "online_doors": len(online),
+            "requests_out_s": round(max(sent_at) - t_revoke, 3) if sent_at else None,
             "confirmed": len(lat),
             "p50_s": _percentile(lat, 50),
             "p99_s": _percentile(lat, 99),

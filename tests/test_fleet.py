@@ -13,7 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import SERVER_PASSWORD, SERVER_USER, have_mosquitto, wait_until
+from broker import (
+    DOOR_PASSWORD,
+    DOOR_USER,
+    SERVER_PASSWORD,
+    SERVER_USER,
+    have_mosquitto,
+    wait_until,
+)
 from fleet_site import MODEL_ID, Site, door_lists, embedding
 
 from edge.mqtt.signing import generate_keypair, sign_request
@@ -170,6 +177,42 @@ def test_a_tampered_door_is_flagged_and_repaired(site: Site) -> None:
     fleet.flush(force=True)
     row = next(r for r in site.registry.doors() if r.device_id == "front")
     assert row.flagged is not None and row.confirmed_time >= row.flagged_time
+
+
+def test_a_door_reporting_a_hash_it_was_never_sent_is_flagged(site: Site) -> None:
+    _seed(site)
+    door = site.door("front")
+    fleet = site.fleet()
+    assert fleet.wait_confirmed(["front"], 15) == []
+    good = fleet.expected["front"].hash
+    # A state the door never computed, published with the door's own broker account.
+    fake = {"version": 99, "hash": "0" * 64, "count": 2, "model_id": MODEL_ID}
+    with site.broker.probe(username=DOOR_USER, password=DOOR_PASSWORD) as impostor:
+        impostor.publish("maskgate/front/state", fake, retain=True)
+
+    def flagged() -> bool:
+        fleet.step()
+        return fleet.doors["front"].flagged is not None
+
+    wait_until(flagged, 10, "the fleet to flag the door")
+    assert "0000000000000000" in fleet.doors["front"].flagged
+    # The re-sync makes the door announce its real state again: confirmed, nothing changed.
+    assert fleet.wait_confirmed(["front"], 15) == []
+    assert door.templates.state()["hash"] == good
+
+
+def test_what_a_door_held_before_the_fleet_is_replaced_not_flagged(site: Site) -> None:
+    _seed(site)
+    door = site.door("back")
+    from edge.enroll import ReadyEmbedding, check_embeddings
+
+    old = check_embeddings([ReadyEmbedding(MODEL_ID, embedding(8).vector, False)], MODEL_ID, 128)
+    door.store.enroll("former", None, old)  # enrolled locally, before the site had a fleet
+    door.templates.changed()
+    fleet = site.fleet()
+    assert fleet.wait_confirmed(["back"], 15) == []
+    assert site.held("back") == EXPECTED["back"]
+    assert fleet.doors["back"].flagged is None
 
 
 def test_fleet_traffic_not_signed_by_the_fleet_key_is_ignored(site: Site) -> None:
