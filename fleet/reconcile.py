@@ -113,6 +113,7 @@ class Fleet:
         self._revision = -1
         self._hashes = HashCache()
         self._set_hashes: dict[tuple[str, frozenset[tuple[str, str]]], str] = {}
+        self._diffs: dict[tuple[str | None, str], tuple[list[str], list[str], list[str]]] = {}
         self._events: list[dict[str, Any]] = []
         self._new_hashes: list[tuple[str, str]] = []
         self._pending: dict[str, tuple[str, str, float]] = {}  # request id -> door, action, t
@@ -345,27 +346,45 @@ class Fleet:
             # starting point, not a tamper (it may report it again while the sync is queued).
             predicted.append(live.hash)
         if base is not None and not forced:
-            removed = [pid for pid in base if pid not in exp.persons]
-            changed = [
-                pid
-                for pid, p in exp.persons.items()
-                if pid not in base or person_digest(base[pid]) != person_digest(p)
-            ]
+            removed, changed, steps = self._diff(live.hash, base, exp)
             if 0 < len(removed) + len(changed) <= self.timing.max_incremental:
                 ops = [("delete", {"person_id": pid}) for pid in removed]
                 ops += [("enroll", enroll_payload(exp.persons[pid])) for pid in changed]
-                # A door may apply these in any order across its two lanes, or refuse one:
-                # each single step from the base is a state it may report meanwhile.
-                for pid in removed:
-                    step = {k: v for k, v in base.items() if k != pid}
-                    predicted.append(self._set_hash(exp.model_id, step))
-                for pid in changed:
-                    step = dict(base)
-                    step[pid] = exp.persons[pid]
-                    predicted.append(self._set_hash(exp.model_id, step))
+                predicted += steps
         if not ops:
             ops = [("sync", sync_payload(exp.persons))]
         return ops, predicted
+
+    def _diff(
+        self, base_hash: str | None, base: dict[str, ExpectedPerson], exp: Expected
+    ) -> tuple[list[str], list[str], list[str]]:
+        """(removed, changed, hashes of each single step): the same for every door that goes
+        from the same set to the same set, so it is worked out once per pair."""
+        key = (base_hash, exp.hash)
+        got = self._diffs.get(key)
+        if got is not None:
+            return got
+        removed = [pid for pid in base if pid not in exp.persons]
+        changed = [
+            pid
+            for pid, p in exp.persons.items()
+            if pid not in base or person_digest(base[pid]) != person_digest(p)
+        ]
+        steps: list[str] = []
+        if len(removed) + len(changed) <= self.timing.max_incremental:
+            # A door may apply these in any order across its two lanes, or refuse one: each
+            # single step from the base is a state it may report meanwhile.
+            for pid in removed:
+                step = {k: v for k, v in base.items() if k != pid}
+                steps.append(self._set_hash(exp.model_id, step))
+            for pid in changed:
+                step = dict(base)
+                step[pid] = exp.persons[pid]
+                steps.append(self._set_hash(exp.model_id, step))
+        if len(self._diffs) > 4096:
+            self._diffs.clear()
+        got = self._diffs[key] = (removed, changed, steps)
+        return got
 
     def _send(
         self,
