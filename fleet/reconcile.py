@@ -40,6 +40,7 @@ from fleet.registry import ExpectedPerson, Registry
 log = logging.getLogger(__name__)
 
 MAX_PENDING_REPLIES = 100_000
+SLOW_STEP_S = 1.0  # a loop longer than this is logged with where the time went
 
 
 @dataclass
@@ -61,6 +62,10 @@ class DoorLive:
     last_sent: float = -1e18
     sent_for: str | None = None  # the expected hash the last request aimed at
     attempts: int = 0  # requests sent for sent_for without a confirmation
+    # Requests not answered yet (id -> when sent, the fleet's connection count then): while
+    # one may still act, the same change is not sent again (a copy would only add load, or
+    # a refused second delete).
+    outstanding: dict[str, tuple[float, int]] = field(default_factory=dict)
     syncing: bool = False  # the last request was a full sync
     known: set[str] = field(default_factory=set)  # hashes the fleet asked this door to hold
     # Sets the fleet predicted, by their hash: the base for incremental requests.
@@ -208,6 +213,7 @@ class Fleet:
             online = r.payload == b"online"
             if online and not live.online:
                 log.info("door %s online", r.device_id)
+                live.outstanding.clear()  # whatever was sent before may be lost
             elif not online and live.online:
                 log.info("door %s offline", r.device_id)
             live.online, live.last_seen, live.dirty = online, now, True
@@ -258,6 +264,8 @@ class Fleet:
         except ValueError:
             return
         rid = body.get("id") if isinstance(body, dict) else None
+        if isinstance(rid, str):
+            live.outstanding.pop(rid, None)
         sent = self._pending.pop(rid, None) if isinstance(rid, str) else None
         if sent is None:
             return  # another server's request, or a duplicate
@@ -273,12 +281,21 @@ class Fleet:
         # copies of a large sync it is still working through.
         return min(self.timing.resend_s * 2 ** max(live.attempts - 1, 0), self.timing.max_resend_s)
 
+    def _may_act(self, live: DoorLive, now: float) -> bool:
+        """A request to this door is unanswered, still valid, and was sent on the fleet's
+        current connection (one sent before a reconnect may be lost)."""
+        limit = self.timing.request_validity_s + self.timing.resend_s  # + the doors' clock skew
+        return any(
+            now - t < limit and conn == self.link.connects for t, conn in live.outstanding.values()
+        )
+
     def _check(self, live: DoorLive, now: float) -> None:
         exp = self.expected.get(live.device_id)
         if exp is None or live.hash is None:
             return
         if live.hash == exp.hash:
             live.attempts, live.syncing = 0, False
+            live.outstanding.clear()
             if live.confirmed_hash != exp.hash:
                 live.confirmed_hash, live.confirmed_time, live.dirty = exp.hash, now, True
                 if live.flagged:
@@ -301,6 +318,7 @@ class Fleet:
             log.error("door %s FLAGGED: %s; re-syncing it", live.device_id, why)
         live.flagged, live.flagged_time, live.dirty = why, now, True
         live.believed.clear()
+        live.sent_for = None  # repaired at once, not after the resend delay
         self.forced.add(live.device_id)
 
     def reconcile(self) -> int:
@@ -316,8 +334,11 @@ class Fleet:
                 continue
             if live.hash == exp.hash and device_id not in self.forced:
                 continue
-            # A new expectation goes out at once; the same one again after _patience().
-            if live.sent_for == exp.hash and now - live.last_sent < self._patience(live):
+            # A new expectation goes out at once; the same one again after _patience(), and
+            # only once nothing sent for it can still act.
+            if live.sent_for == exp.hash and (
+                now - live.last_sent < self._patience(live) or self._may_act(live, now)
+            ):
                 continue
             if not self.link.connected.is_set():
                 return n
@@ -399,14 +420,18 @@ class Fleet:
             if h not in live.known:
                 live.known.add(h)
                 self._new_hashes.append((live.device_id, h))
-        live.believed = {exp.hash: exp.persons}
+        # Keep the sets it may still hold: a resend after a lost request starts from them.
+        live.believed[exp.hash] = exp.persons
+        while len(live.believed) > 4:
+            del live.believed[next(iter(live.believed))]
         live.attempts = live.attempts + 1 if live.sent_for == exp.hash else 1
         live.last_sent, live.sent_for = now, exp.hash
         live.syncing = ops[0][0] == "sync"
         for action, payload in ops:
-            self._publish(live.device_id, action, payload)
+            rid = self._publish(live.device_id, action, payload)
+            live.outstanding[rid] = (now, self.link.connects)
 
-    def _publish(self, device_id: str, action: str, payload: dict[str, Any]) -> None:
+    def _publish(self, device_id: str, action: str, payload: dict[str, Any]) -> str:
         topic = f"{self.link.prefix}/{device_id}/request/{action}"
         rid = uuid.uuid4().hex
         env = sign_request(
@@ -421,6 +446,7 @@ class Fleet:
         self.sent += 1
         if self.on_sent is not None:
             self.on_sent(self.sent)
+        return rid
 
     def force_sync(self, doors: Iterable[str]) -> None:
         for d in doors:
@@ -442,13 +468,24 @@ class Fleet:
         self._events, self._new_hashes = [], []
 
     def step(self) -> None:
+        t0 = time.monotonic()
         self.reload()
-        self.drain()
+        t1 = time.monotonic()
+        reports = self.drain()
+        t2 = time.monotonic()
         now = self.clock()
         for live in self.doors.values():
             self._check(live, now)
-        self.reconcile()
+        sent = self.reconcile()
+        t3 = time.monotonic()
         self.flush()
+        t4 = time.monotonic()
+        if t4 - t0 > SLOW_STEP_S:
+            log.warning(
+                "slow loop: %.2f s (reload %.2f, %d reports %.2f, %d doors sent to %.2f, "
+                "registry %.2f)",
+                t4 - t0, t1 - t0, reports, t2 - t1, sent, t3 - t2, t4 - t3,
+            )  # fmt: skip
 
     def unconfirmed(self, doors: Iterable[str] | None = None) -> list[str]:
         ids = self.expected if doors is None else doors
