@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from edge.enroll import EnrollmentError
+from edge.imageio import ImageError
 from edge.mqtt.signing import public_key_b64
 from fleet.config import FleetConfig, FleetConfigError, load_fleet_config
 from fleet.keys import KeyError_, create_key, load_key
@@ -239,6 +241,10 @@ class _NoLink:
 
 def cmd_sync(args: argparse.Namespace, cfg: FleetConfig) -> int:
     with _registry(cfg) as reg:
+        known = {d.device_id for d in reg.doors()}
+        unknown = sorted(set(args.door or ()) - known)
+        if unknown:
+            raise RegistryError(f"no door {', '.join(map(repr, unknown))} in the registry")
         return _wait(cfg, reg, args.timeout, args.door or None, force=True)
 
 
@@ -399,6 +405,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "door" and args.action == "add" and not (args.device and args.model_id):
             raise RegistryError("door add needs a device id and --model-id")
         return COMMANDS[args.command](args, cfg)
-    except (FleetConfigError, RegistryError, KeyError_) as err:
+    except (FleetConfigError, RegistryError, KeyError_, EnrollmentError, ImageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
