@@ -314,9 +314,10 @@ class Fleet:
             f"reported template hash {live.hash[:16]}… (version {live.version}), which the "
             "fleet never asked it to hold: tampered with or changed locally"
         )
-        if live.flagged != why:
+        again = (live.confirmed_time or 0) > (live.flagged_time or 0)  # repaired since
+        if live.flagged != why or again:
             log.error("door %s FLAGGED: %s; re-syncing it", live.device_id, why)
-        live.flagged, live.flagged_time, live.dirty = why, now, True
+            live.flagged, live.flagged_time, live.dirty = why, now, True
         live.believed.clear()
         live.sent_for = None  # repaired at once, not after the resend delay
         self.forced.add(live.device_id)
