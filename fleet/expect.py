@@ -18,6 +18,8 @@ from edge.enroll import ReadyEmbedding, check_embeddings
 from edge.store.content import Person, Row, content_hash
 from fleet.registry import ExpectedPerson
 
+MAX_CACHED_PERSONS = 200_000
+
 
 def _vector_list(v: np.ndarray) -> list[float]:
     # float32 -> Python float is exact, and its repr round-trips: the door parses the same bits.
@@ -77,11 +79,10 @@ class HashCache:
         key = (person_digest(p), model_id)
         got = self._persons.get(key)
         if got is None:
+            if len(self._persons) > MAX_CACHED_PERSONS:
+                self._persons.clear()  # old versions of changed persons; rebuilt on demand
             got = self._persons[key] = door_person(p, model_id)
         return got
 
     def hash(self, persons: Mapping[str, ExpectedPerson], model_id: str) -> str:
         return content_hash({pid: self.person(p, model_id) for pid, p in persons.items()}, model_id)
-
-    def prune(self, keep: set[str]) -> None:
-        self._persons = {k: v for k, v in self._persons.items() if k[0] in keep}
