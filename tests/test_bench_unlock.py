@@ -29,6 +29,7 @@ def test_a_live_visitor_unlocks_on_both_clocks(
     assert r["clip"]["all"]["clips"] == 1
     assert r["clip"]["all"]["median_s"] == play["face_to_unlock_s"]
     assert r["clip"]["not_unlocked"] == []
+    assert 0 < r["judge_ms"]["p50"] <= r["judge_ms"]["p95"]
     # The wall clock depends on this machine's speed (a busy one judges fewer frames and may
     # not see enough of a 3 s visit): only its bookkeeping is checked.
     wall = clip["wall"]
@@ -55,10 +56,11 @@ def test_report_reads_as_a_table() -> None:
         "threads": 2,
         "lead_s": 1.0,
         "clip_s": 5.0,
+        "judge_ms": {"p50": 40.0, "p95": 55.0},
         "clip": clock,
         "wall": clock,
         "clips": [{"name": "live-x", "masked": False, "clip": play, "wall": play}],
     }
     text = unlock.format_report(report)
-    assert "3 of 5 frames" in text and "live-x" in text
+    assert "3 of 5 frames" in text and "live-x" in text and "40 ms p50" in text
     assert "clip time, masked" in text and "—" in text
