@@ -106,6 +106,14 @@ class LandmarksConfig(_Strict):
         description="Mean distance between the mesh's and the detector's 5 points, in eye "
         "distances, above which the mesh is taken as misfitted and the detector's points align.",
     )
+    detector_every: StrictInt = Field(
+        5,
+        ge=1,
+        le=100,
+        description="On the camera stream, the detector cross-checks a continuing track's mesh "
+        "every this many frames (1: every frame); it always looks on a new track, a frame "
+        "without a mesh, a jump, and after a check with a doubt (edge/vision/locate.py).",
+    )
 
 
 class MaskReuseConfig(_Strict):

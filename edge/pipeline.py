@@ -20,7 +20,7 @@ from edge.vision.align import align_face, mesh_box_crop
 from edge.vision.detector import YuNetDetector
 from edge.vision.embed import Embedder
 from edge.vision.landmarks import Landmarker
-from edge.vision.locate import FaceLocation, locate
+from edge.vision.locate import CrossCheck, FaceLocation, locate
 from edge.vision.mask import MaskClassifier
 from edge.vision.quality import FaceRejected, Quality, check_geometry, check_sharpness
 
@@ -83,6 +83,8 @@ class Pipeline:
         # The mesh last: every other model is checked by now, so a failure above never leaves
         # a MediaPipe graph open (its threads would complain at exit).
         self.landmarker = self._make_landmarker(video)
+        # The camera stream's detector cross-checks a continuing track every few frames only.
+        self.cross_check = CrossCheck(cfg.landmarks.detector_every) if video else None
         # Still photos (enrollment while the door runs) get their own image-mode mesh, so they
         # never disturb the video-mode tracking of the camera stream.
         self._still: Landmarker | None = None if video else self.landmarker
@@ -134,7 +136,9 @@ class Pipeline:
                     self._still = self._make_landmarker(video=False)
                 face = locate(image, self._still, self.detector, gap)
         else:
-            face = locate(image, self.landmarker, self.detector, gap, timestamp_ms)
+            face = locate(
+                image, self.landmarker, self.detector, gap, timestamp_ms, self.cross_check
+            )
         if face is None:
             raise FaceRejected(FaceRejected.NO_FACE, "no face found")
         return face
