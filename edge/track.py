@@ -97,6 +97,7 @@ class Track:
         self.blink_max_rigid = blink_max_rigid
         self.last: Sighting | None = None  # None: no track
         self._compared: Sighting | None = None  # the last frame whose identity was compared
+        self.id = 0  # counts the tracks started: a new id after every cut or reset
 
     def reset(self) -> None:
         self.last = self._compared = None
@@ -112,6 +113,8 @@ class Track:
             reason = cut_reason(step(self.last, s), self.cfg)
             if reason is not None:
                 self.reset()
+        if self.last is None:
+            self.id += 1
         self.last = s
         if comparable:
             self._compared = s

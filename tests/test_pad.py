@@ -7,6 +7,7 @@ default."""
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import shutil
 import time
@@ -22,6 +23,7 @@ from test_daemon import RunningDoor, door_config, pulses, request
 
 from bench.pad_clips import ClipSpec, build, door_set, full_set, quick_set
 from edge.__main__ import main
+from edge.capture.folder import FolderSource
 from edge.config import Config, load_config
 from edge.mqtt.signing import generate_keypair
 from edge.pad import load_clips, measure
@@ -145,9 +147,23 @@ def _sequence(clips: Path, out: Path) -> list[tuple[str, str, float, float]]:
     return spans
 
 
-def _through_door(clips: Path, tmp: Path, broker: Mosquitto) -> tuple[list, list[dict]]:
+def _through_door(
+    clips: Path, tmp: Path, broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list, list[dict]]:
     """Play the clips through the running door; (spans, decisions with their clip)."""
     spans = _sequence(clips, tmp / "camera")
+    # When each camera frame was handed over: a decision belongs to the clip of the newest frame
+    # at its time. Wall time alone drifts from camera time on a loaded machine (the folder
+    # source never bursts to catch up), which would pin late decisions on the gap.
+    handed: list[tuple[float, int]] = []
+    real_frame = FolderSource._frame
+
+    def recorded(self: FolderSource, *args: Any) -> Any:
+        frame = real_frame(self, *args)
+        handed.append((time.time(), frame.index))
+        return frame
+
+    monkeypatch.setattr(FolderSource, "_frame", recorded)
     key, pub = generate_keypair()
     base = door_config(
         tmp, broker, pub, {"type": "folder", "path": str(tmp / "camera"), "fps": FPS}
@@ -168,10 +184,14 @@ def _through_door(clips: Path, tmp: Path, broker: Mosquitto) -> tuple[list, list
         running.gate.set()
         running.thread.join(spans[-1][4] + GAP_S + 60)
     decisions = []
+    times = [t for t, _ in handed]
     for event in running.door.decisions:
         at = event["time"] - start
-        clip = next((s for s in spans if s[3] <= at <= s[4] + GAP_S * 0.75), None)
-        decisions.append({**event, "clip": clip[0] if clip else None, "at": round(at, 2)})
+        newest = handed[max(bisect.bisect_right(times, event["time"]) - 1, 0)][1] / FPS
+        clip = next((s for s in spans if s[3] <= newest <= s[4] + GAP_S * 0.75), None)
+        decisions.append(
+            {**event, "clip": clip[0] if clip else None, "at": round(at, 2), "frame_s": newest}
+        )
     return spans, decisions
 
 
@@ -193,9 +213,11 @@ def _check(spans: list, decisions: list[dict[str, Any]], tmp: Path) -> None:
 
 @pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
 def test_door_opens_once_per_live_clip_and_never_for_an_attack(
-    make_clips: Callable, tmp_path: Path, mosquitto: Mosquitto
+    make_clips: Callable, tmp_path: Path, mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spans, decisions = _through_door(make_clips("door", door_set()), tmp_path, mosquitto)
+    spans, decisions = _through_door(
+        make_clips("door", door_set()), tmp_path, mosquitto, monkeypatch
+    )
     _check(spans, decisions, tmp_path)
 
 
@@ -210,7 +232,11 @@ def one_of_each(specs: list[ClipSpec]) -> list[ClipSpec]:
 @pytest.mark.slow
 @pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
 def test_door_full_set(
-    make_clips: Callable, tmp_path: Path, mosquitto: Mosquitto, full_size: bool
+    make_clips: Callable,
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    full_size: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The whole set through the real door with --full (5 min of clips played in real time);
     by default, and in CI, one clip of each kind, masked and not."""
@@ -223,6 +249,6 @@ def test_door_full_set(
             shutil.copytree(clips / spec.name, picked / spec.name)
         shutil.copytree(clips / "enroll", picked / "enroll")
         clips = picked
-    spans, decisions = _through_door(clips, tmp_path, mosquitto)
+    spans, decisions = _through_door(clips, tmp_path, mosquitto, monkeypatch)
     assert {s[1] for s in spans} == {"live", *FULL_KINDS}
     _check(spans, decisions, tmp_path)

@@ -147,3 +147,16 @@ def test_track_bounds_are_validated() -> None:
     ):
         with pytest.raises(ConfigError, match=where):
             parse_config({"decision": {"track": bad}})
+
+
+def test_each_new_track_gets_a_new_id(face: np.ndarray) -> None:
+    track = Track(CFG, RIGID_BOUND)
+    assert track.id == 0
+    track.follow(Sighting(0.0, (100, 100, 120, 120), 0.0, 0.0, face))
+    track.follow(Sighting(0.1, (101, 100, 120, 120), 0.0, 0.0, face))
+    assert track.id == 1  # one track so far
+    track.follow(Sighting(5.0, (101, 100, 120, 120), 0.0, 0.0, face))  # a gap: a cut
+    assert track.id == 2
+    track.reset()
+    track.follow(Sighting(5.1, (101, 100, 120, 120), 0.0, 0.0, face))
+    assert track.id == 3

@@ -129,6 +129,7 @@ def _run(args: argparse.Namespace, profile_dir: Path | None) -> int:
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     totals: list[float] = []
     rejected: dict[str, int] = {}
+    reused = 0  # faces whose mask verdict came from their track (edge/maskreuse.py)
     with open_pipeline(cfg, video=not args.still) as pipe:
         rng = np.random.default_rng(0)
         gallery = Gallery(pipe.embedder.dim)
@@ -165,6 +166,7 @@ def _run(args: argparse.Namespace, profile_dir: Path | None) -> int:
                 for k, v in r.timings_ms.items():
                     times[k].append(v)
                 times["match"].append(match_ms)
+                reused += r.mask_reused
                 totals.append(sum(r.timings_ms.values()) + match_ms)
             cpu1, wall1 = os.times(), time.perf_counter()
         finally:
@@ -187,6 +189,8 @@ def _run(args: argparse.Namespace, profile_dir: Path | None) -> int:
         "gallery_size": args.gallery_size,
         "stages": {s: _pct(v) for s, v in times.items()},
         "total": _pct(totals),
+        "mask_classified": len(totals) - reused,
+        "mask_reused": reused,
         "fps": round(timed_frames / wall, 2) if wall > 0 else None,
         "cpu_percent": round(100.0 * cpu / wall, 1) if wall > 0 else None,
         "cpu_count": os.cpu_count(),
@@ -213,6 +217,10 @@ def _run(args: argparse.Namespace, profile_dir: Path | None) -> int:
         print(
             f"fps {out['fps']}, CPU {out['cpu_percent']} % of one core ({os.cpu_count()} cores), "
             f"peak RSS {out['peak_rss_mb']} MB"
+        )
+        print(
+            f"mask classifier ran on {out['mask_classified']} of {len(totals)} faces "
+            f"(the track's verdict reused on {reused})"
         )
         if rejected:
             print(f"frames without a usable face: {rejected}")

@@ -9,10 +9,14 @@ with the legacy solution's 5.5–8 ms.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -50,6 +54,37 @@ def _pose_from_matrix(m: np.ndarray) -> tuple[float, float, float]:
     return yaw, pitch, roll
 
 
+class _Deferred(types.ModuleType):
+    """Stands in for a module while mediapipe imports; the real one loads on first use."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or sys.modules.get(self.__name__) is self:
+            raise AttributeError(name)  # still standing in (the import system probes)
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+def import_tasks() -> tuple[Any, Any, Any]:
+    """(mediapipe, BaseOptions, tasks vision), without matplotlib.
+
+    mediapipe's vision package imports its drawing helpers, and they `matplotlib.pyplot`:
+    41 MB of resident memory for plots the door never draws. While mediapipe imports,
+    matplotlib is a stand-in that loads the real one if anything ever draws.
+    """
+    deferred = {}
+    if "matplotlib" not in sys.modules:
+        for name in ("matplotlib", "matplotlib.pyplot"):
+            sys.modules[name] = deferred[name] = _Deferred(name)
+        deferred["matplotlib"].pyplot = deferred["matplotlib.pyplot"]
+    try:
+        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions, vision
+    finally:
+        for name, module in deferred.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+    return mp, BaseOptions, vision
+
+
 class Landmarker:
     """Wraps mediapipe's FaceLandmarker; `video=True` tracks across frames (faster, daemon)."""
 
@@ -62,8 +97,7 @@ class Landmarker:
         video: bool = False,
     ) -> None:
         # Imported here: mediapipe is heavy and only the perception path needs it.
-        import mediapipe as mp
-        from mediapipe.tasks.python import BaseOptions, vision
+        mp, BaseOptions, vision = import_tasks()
 
         self._mp = mp
         self.video = video
