@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -343,6 +344,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    # SIGTERM unwinds like Ctrl-C, so the broker and door processes are always stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         result = run(args, args.workdir)
