@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -107,10 +108,15 @@ def check_embeddings(
                 f"embedding {i} has {v.shape[0]} values (or non-finite ones); "
                 f"{dim} finite values expected",
             )
-        norm = float(np.linalg.norm(v))
+        # Exactly rounded (float64 squares are exact, fsum and sqrt correctly rounded): the
+        # same bits on every CPU and BLAS, so a server can compute this door's content hash of
+        # what it sent (the fleet's confirmation). np.linalg.norm's float32 dot product depends
+        # on the summation order of the platform's BLAS.
+        norm = math.sqrt(math.fsum(x * x for x in v.astype(np.float64).tolist()))
         if norm < 1e-6:
             raise EnrollmentError("bad_embedding", f"embedding {i} is all zeros")
-        out.append(Template(v / norm, e.model_id, e.masked, False, "server", None))
+        unit = (v / np.float32(norm)).astype(np.float32)
+        out.append(Template(unit, e.model_id, e.masked, False, "server", None))
     return out
 
 

@@ -8,7 +8,10 @@ workdir and listens on a free 127.0.0.1 port with anonymous access off:
     reply, availability, state, lock, event, last-person, audit and snapshot topics and HA
     discovery;
   * SERVER_USER writes requests (and, playing Home Assistant, lock commands and the birth
-    message) and reads everything else.
+    message) and reads everything else;
+  * FLEET_USER (the fleet service) writes requests to any door and reads every door's
+    availability, state, events, audit and replies, nothing more.
+`devices` gives several doors (the fleet tests): DOOR_USER gets each one's topics.
 `stop()` (SIGTERM), `kill()` (SIGKILL, no goodbye) and `restart()` (same port) let tests take
 the broker away under a running door. The `mosquitto` fixture is one started broker per test.
 """
@@ -40,6 +43,7 @@ from edge.mqtt.localbroker import HOST, MOSQUITTO, LocalBroker
 
 DOOR_USER, DOOR_PASSWORD = "door", "door-pass"
 SERVER_USER, SERVER_PASSWORD = "server", "server-pass"
+FLEET_USER, FLEET_PASSWORD = "fleet", "fleet-pass"
 
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 
@@ -69,8 +73,10 @@ class Mosquitto(LocalBroker):
         persistence: bool = False,
         port: int | None = None,
         tls: bool = False,
+        devices: tuple[str, ...] | list[str] | None = None,
     ) -> None:
         super().__init__(workdir, port=port, persistence=persistence)
+        self.devices = tuple(devices) if devices else (device_id,)
         # tls: the listener speaks only TLS and wants a client certificate signed by our CA
         self.tls = make_tls_files(self.workdir / "tls") if tls else None
         self.host = HOST
@@ -80,11 +86,14 @@ class Mosquitto(LocalBroker):
     def auth_lines(self) -> list[str]:
         passwd = self.workdir / "passwd"
         passwd.unlink(missing_ok=True)
-        users = ((DOOR_USER, DOOR_PASSWORD), (SERVER_USER, SERVER_PASSWORD))
+        users = (
+            (DOOR_USER, DOOR_PASSWORD),
+            (SERVER_USER, SERVER_PASSWORD),
+            (FLEET_USER, FLEET_PASSWORD),
+        )
         for i, (user, pw) in enumerate(users):
             args = [MOSQUITTO_PASSWD, "-b", *(["-c"] if i == 0 else []), str(passwd), user, pw]
             subprocess.run(args, check=True, capture_output=True, timeout=10)
-        base = f"{self.prefix}/{self.device_id}"
         door_writes = (
             "reply/#",
             "availability",
@@ -95,12 +104,18 @@ class Mosquitto(LocalBroker):
             "audit",
             "snapshot",
         )
+        door = []
+        for device in self.devices:
+            base = f"{self.prefix}/{device}"
+            door += [
+                f"topic read {base}/request/#",
+                f"topic read {base}/ha/lock/set",
+                *(f"topic write {base}/{t}" for t in door_writes),
+            ]
         acl = [
             f"user {DOOR_USER}",
-            f"topic read {base}/request/#",
-            f"topic read {base}/ha/lock/set",
+            *door,
             f"topic read {self.discovery_prefix}/status",
-            *(f"topic write {base}/{t}" for t in door_writes),
             f"topic write {self.discovery_prefix}/#",
             "",
             f"user {SERVER_USER}",
@@ -109,6 +124,13 @@ class Mosquitto(LocalBroker):
             f"topic write {self.discovery_prefix}/status",  # the server also plays HA
             f"topic read {self.prefix}/#",
             f"topic read {self.discovery_prefix}/#",
+            "",
+            f"user {FLEET_USER}",
+            f"topic write {self.prefix}/+/request/#",
+            *(
+                f"topic read {self.prefix}/+/{t}"
+                for t in ("availability", "state", "event", "audit", "reply/#")
+            ),
         ]
         (self.workdir / "acl").write_text("\n".join(acl) + "\n")
         tls = (

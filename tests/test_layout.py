@@ -50,3 +50,28 @@ def test_mqtt_store_and_relay_know_nothing_of_each_other() -> None:
                 assert f"from {other}" not in text and f"import {other}" not in text, (
                     f"{path.relative_to(REPO_ROOT)} imports {other}"
                 )
+
+
+def test_edge_never_imports_fleet() -> None:
+    # The fleet uses the door's code; the door must run without the fleet installed.
+    for path in (REPO_ROOT / "edge").rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        for needle in ("import fleet", "from fleet"):
+            assert needle not in text, f"{path.relative_to(REPO_ROOT)} imports fleet"
+    modules = [m.name for m in pkgutil.walk_packages(edge.__path__, "edge.")]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "sys.exit(1 if any(k == 'fleet' or k.startswith('fleet.') for k in sys.modules) else 0)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr or "fleet was imported by edge/"
+
+
+def test_fleet_console_script_and_package_are_declared() -> None:
+    text = (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'maskgate-fleet = "fleet.cli:main"' in text
+    assert '"fleet*"' in text
+    assert (REPO_ROOT / "systemd" / "maskgate-fleet.service").is_file()
