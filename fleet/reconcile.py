@@ -121,10 +121,12 @@ class Fleet:
         self._diffs: dict[tuple[str | None, str], tuple[list[str], list[str], list[str]]] = {}
         self._events: list[dict[str, Any]] = []
         self._new_hashes: list[tuple[str, str]] = []
-        self._pending: dict[str, tuple[str, str, float]] = {}  # request id -> door, action, t
+        # request id -> door, action, when sent, the person a delete names
+        self._pending: dict[str, tuple[str, str, float, str | None]] = {}
         self._last_flush = 0.0
         self._unknown_doors: set[str] = set()
         self.errors: list[str] = []  # error replies and refused publishes, readable
+        self.redundant: list[str] = []  # resent deletes of a person already gone
         self.sent = 0
         self.on_confirm: Callable[[str, str, float], None] | None = None
         self.on_sent: Callable[[int], None] | None = None  # after each request handed out
@@ -271,6 +273,12 @@ class Fleet:
             return  # another server's request, or a duplicate
         if body.get("status") != "ok":
             msg = f"{live.device_id} {sent[1]}: {body.get('error')}"
+            if sent[1] == "delete" and f"no person {sent[3]!r}" in str(body.get("error")):
+                # A resent delete (after a reconnect, or an answer that came late) finding the
+                # person already gone: the change it asked for holds, so it is no error.
+                log.info("door %s already lacks %s (a resent delete)", live.device_id, sent[3])
+                self.redundant.append(msg)
+                return
             log.warning("door refused a request: %s", msg)
             self.errors.append(msg)
 
@@ -443,7 +451,7 @@ class Fleet:
             log.warning("request to %s not handed to the broker; resent later", device_id)
         if len(self._pending) > MAX_PENDING_REPLIES:
             self._pending.clear()
-        self._pending[rid] = (device_id, action, self.clock())
+        self._pending[rid] = (device_id, action, self.clock(), payload.get("person_id"))
         self.sent += 1
         if self.on_sent is not None:
             self.on_sent(self.sent)

@@ -313,11 +313,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         with fleet_thread.lock:
             unconfirmed = fleet.unconfirmed()
             fleet_errors = list(fleet.errors)
+            redundant = len(fleet.redundant)
         result["unconfirmed"] = len(unconfirmed)
         result["holding_revoked"] = len(holding)
         result["stores_not_matching"] = len(wrong)
         result["errors"] = len(door_errors) + len(fleet_errors)
         result["error_samples"] = (door_errors + fleet_errors)[:10]
+        result["redundant_deletes"] = redundant
         result["requests_sent"] = fleet.sent
         result["phases"] = phases
         return result

@@ -95,6 +95,29 @@ def test_enroll_revoke_confirmed_and_an_offline_door_converges(site: Site) -> No
         assert rows[d].flagged is None
 
 
+def test_a_resent_delete_finding_the_person_gone_is_not_an_error(site: Site) -> None:
+    """At least once: after a reconnect (or an answer later than the request's validity) the
+    fleet sends a delete again; the door, which already deleted, refuses it. The change holds,
+    so that refusal is counted apart from errors, and a real refusal still is one."""
+    _seed(site)
+    site.door("front")
+    fleet = site.fleet()
+    assert fleet.wait_confirmed(["front"], 20) == []
+    site.registry.update_person("bob", remove_groups=["staff", "lab"])
+    assert fleet.wait_confirmed(["front"], 15) == []
+    fleet._publish("front", "delete", {"person_id": "bob"})  # what a resend publishes
+    fleet._publish("front", "delete", {"person": "bob"})  # malformed: a real refusal
+
+    def answered() -> bool:
+        fleet.step()
+        return len(fleet.redundant) + len(fleet.errors) >= 2
+
+    wait_until(answered, 10, "the door's answers to both deletes")
+    assert [m.split(":")[0] for m in fleet.redundant] == ["front delete"]
+    assert len(fleet.errors) == 1 and "person_id" in fleet.errors[0], fleet.errors
+    assert site.held("front") == {"alice"}
+
+
 def test_the_broker_restarted_mid_rollout(site: Site) -> None:
     ids = DOORS
     for d in ids:
