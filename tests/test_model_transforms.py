@@ -21,9 +21,11 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
 def _prelu_graph(rng: np.random.Generator) -> bytes:
-    """Conv -> PRelu (per-channel slopes) -> PRelu (one slope), as SFace's blocks are built."""
+    """Conv -> PRelu (per-channel slopes) -> PRelu (one slope), as SFace's blocks are built;
+    slopes below 0 and above 1 as well, as SFace has (-0.81 to 1.12)."""
     w = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
-    s1 = numpy_helper.from_array(rng.uniform(0, 0.5, (4, 1, 1)).astype(np.float32), "s1")
+    slopes = np.array([-0.8, 0.1, 0.5, 1.1], np.float32).reshape(4, 1, 1)
+    s1 = numpy_helper.from_array(slopes, "s1")
     s2 = numpy_helper.from_array(np.array([0.25], np.float32), "s2")
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
@@ -50,12 +52,20 @@ def test_the_rewrite_keeps_the_outputs_and_removes_every_prelu() -> None:
     model = _prelu_graph(rng)
     new = rewrite(model)
     ops = [n.op_type for n in onnx.load_from_string(new).graph.node]
-    assert "PRelu" not in ops and ops.count("Relu") == 4 and ops.count("Sub") == 2
+    assert "PRelu" not in ops and ops.count("Relu") == 2 and ops.count("Add") == 2
     x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)  # half the values negative
     before, after = _run(model, x), _run(new, x)
     assert (before < 0).mean() > 0.2  # the negative side is exercised
     np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
     assert rewrite(model) == new  # deterministic: its sha256 can be pinned
+
+
+def test_a_prelu_whose_slope_is_computed_is_refused_by_name() -> None:
+    rng = np.random.default_rng(0)
+    model = onnx.load_from_string(_prelu_graph(rng))
+    model.graph.node[1].input[1] = "c"  # the slope is now another node's output
+    with pytest.raises(ValueError, match="PRelu 'p1': its slope 'c' is not a constant"):
+        rewrite(model.SerializeToString())
 
 
 def test_the_shipped_sface_matches_its_embedding_from_before_the_rewrite(
