@@ -329,9 +329,10 @@ def ab(src: Path, threads: int, n: int, block: int) -> dict[str, Any]:
         video=True,
     )
     direct = DirectMesh(task, OnceDetector(yunet), threads, lmc.min_presence_confidence)
+    gap_s = cfg.decision.track.max_gap_s
     paths = {
-        "tasks": (Timed(tasks), yunet, CrossCheck(lmc.detector_every)),
-        "direct": (Timed(direct), direct.detector, CrossCheck(lmc.detector_every)),
+        "tasks": (Timed(tasks), yunet, CrossCheck(lmc.detector_every, gap_s)),
+        "direct": (Timed(direct), direct.detector, CrossCheck(lmc.detector_every, gap_s)),
     }
     for lm, _, _ in paths.values():  # warm-up, off the record
         lm.detect(frames[0], 0)

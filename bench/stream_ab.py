@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         for block in range(args.blocks):
             for mode in ("old", "new") if block % 2 == 0 else ("new", "old"):
                 old = mode == "old"
-                pipe.cross_check = CrossCheck(1 if old else cfg.landmarks.detector_every)
+                pipe.cross_check = CrossCheck(
+                    1 if old else cfg.landmarks.detector_every, cfg.decision.track.max_gap_s
+                )
                 pipe.mask_reuse = None if old else MaskReuse(
                     cfg.mask_reuse, cfg.decision.track, cfg.liveness.blink_max_rigid,
                     cfg.match.mask_probability,

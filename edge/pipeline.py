@@ -94,7 +94,11 @@ class Pipeline:
         # a MediaPipe graph open (its threads would complain at exit).
         self.landmarker = self._make_landmarker(video)
         # The camera stream's detector cross-checks a continuing track every few frames only.
-        self.cross_check = CrossCheck(cfg.landmarks.detector_every) if video else None
+        self.cross_check = (
+            CrossCheck(cfg.landmarks.detector_every, cfg.decision.track.max_gap_s)
+            if video
+            else None
+        )
         # Still photos (enrollment while the door runs) get their own image-mode mesh, so they
         # never disturb the video-mode tracking of the camera stream.
         self._still: Landmarker | None = None if video else self.landmarker

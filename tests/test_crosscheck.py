@@ -53,7 +53,7 @@ def counted(video: Pipeline, every: int) -> tuple[Pipeline, Counting]:
     p = copy.copy(video)  # shares the models and the video mesh; never closed
     assert p.detector is not None
     p.detector = counter = Counting(video.detector)  # type: ignore[assignment]
-    p.cross_check = CrossCheck(every)
+    p.cross_check = CrossCheck(every, CFG.decision.track.max_gap_s)
     return p, counter
 
 
@@ -105,7 +105,7 @@ def test_a_gap_in_time_is_checked_at_once(video: Pipeline, heads) -> None:
     stream(pipe, heads["bare"], 4)
     calls = counter.calls
     assert calls == 1  # the new track only
-    Clock.next(gap=1.0)  # longer than CrossCheck.MAX_GAP_MS
+    Clock.next(gap=1.0)  # longer than decision.track.max_gap_s
     stream(pipe, heads["bare"], 1)
     assert counter.calls == calls + 1
 

@@ -81,11 +81,11 @@ class CrossCheck:
     photos are always cross-checked.
     """
 
-    MAX_GAP_MS = 500  # a longer gap between frames is a new track
     MIN_IOU = 0.5  # the mesh box overlaps the last frame's at least this much on one track
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, max_gap_s: float) -> None:
         self.every = every
+        self.max_gap_ms = max_gap_s * 1000.0  # a longer gap is a new track (decision.track)
         self._since: int | None = None  # frames since the last check; None: check now
         self._box: tuple[int, int, int, int] | None = None
         self._t: int | None = None
@@ -96,7 +96,7 @@ class CrossCheck:
         if timestamp_ms is None or self._t is None:
             return True
         dt = timestamp_ms - self._t
-        if dt <= 0 or dt > self.MAX_GAP_MS:
+        if dt <= 0 or dt > self.max_gap_ms:
             return True
         return self._box is None or _iou(faces[0].box, self._box) < self.MIN_IOU
 
