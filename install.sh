@@ -83,8 +83,17 @@ if [ "$DEV" -eq 1 ]; then
              "daemon's dependencies come from $LOCK, the dev tools from pyproject.toml's ranges" >&2
     fi
 fi
+# dev.lock's torch is the CPU build (`+cpu`), which PyPI does not host: where no configured
+# index or find-links has it (this project's CI machines keep it in find-links), take it from
+# PyTorch's CPU index, whose file the pinned hash names.
+EXTRA=()
+TORCH_PIN=$(grep -o '^torch==[^ ]*' "$LOCK" || true)
+if [ -n "$TORCH_PIN" ] && ! "$PY" -m pip install --quiet --dry-run --no-deps "$TORCH_PIN" >/dev/null 2>&1; then
+    echo "$TORCH_PIN is not on the configured indexes: adding https://download.pytorch.org/whl/cpu"
+    EXTRA=(--extra-index-url https://download.pytorch.org/whl/cpu)
+fi
 echo "installing $LOCK"
-"$PY" -m pip install --quiet --require-hashes -r "$LOCK"
+"$PY" -m pip install --quiet --require-hashes ${EXTRA[@]+"${EXTRA[@]}"} -r "$LOCK"
 # The project itself: its dependencies are all in the lock, so none is resolved here.
 "$PY" -m pip install --quiet --no-deps -e .
 if [ "$DEV_UNLOCKED" -eq 1 ]; then
