@@ -100,7 +100,8 @@ class RequestHandlers:
             ValueError,
         ) as err:
             outcome = {"status": "error", "error": str(err)}
-            raise RequestFailed(str(err)) from None
+            reason = getattr(err, "reason", None)  # EnrollmentError's and StoreError's codes
+            raise RequestFailed(str(err), reason if isinstance(reason, str) else None) from None
         finally:
             if self.audit is not None and action != "list":
                 try:

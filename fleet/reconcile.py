@@ -273,7 +273,7 @@ class Fleet:
             return  # another server's request, or a duplicate
         if body.get("status") != "ok":
             msg = f"{live.device_id} {sent[1]}: {body.get('error')}"
-            if sent[1] == "delete" and f"no person {sent[3]!r}" in str(body.get("error")):
+            if sent[1] == "delete" and body.get("reason") == "no_person":
                 # A resent delete (after a reconnect, or an answer that came late) finding the
                 # person already gone: the change it asked for holds, so it is no error.
                 log.info("door %s already lacks %s (a resent delete)", live.device_id, sent[3])

@@ -155,8 +155,9 @@ def test_every_request_but_list_is_audited_with_its_outcome(
     from edge.mqtt.client import RequestFailed
 
     delete = DeletePayload(person_id="nobody")
-    with pytest.raises(RequestFailed):
+    with pytest.raises(RequestFailed) as failed:
         handlers.handle("delete", delete, request("delete", delete, seq=1))
+    assert failed.value.reason == "no_person"  # the reply's machine-readable cause
     enroll = EnrollPayload(person_id="ann", images=photos(test_data, 1))
     handlers.handle("enroll", enroll, request("enroll", enroll, seq=2))
     records = handlers.audit_log  # type: ignore[attr-defined]

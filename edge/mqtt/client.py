@@ -77,7 +77,12 @@ _PERMANENT_PUBACK = {0x87, 0x90, 0x95, 0x99}  # not authorized, bad topic, too l
 
 
 class RequestFailed(Exception):
-    """Raised by a handler for a request it understood but cannot do; the message is the reply."""
+    """Raised by a handler for a request it understood but cannot do; the message is the reply,
+    `reason` its machine-readable cause where there is one (e.g. `no_person`)."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -603,7 +608,7 @@ class MqttService:
             req = self.verifier.verify(item.topic, item.payload, item.retain)
         except RequestRefused as err:
             log.warning("MQTT: refused request %s on %s: %s", err.request_id, item.topic, err)
-            self._reply(item, err.request_id, error=err.reason)
+            self._reply(item, err.request_id, error=err.reason, reason=err.code)
             return
         except Exception as err:  # a bug in checking must still answer, and never act
             log.exception("MQTT: checking a request on %s failed", item.topic)
@@ -622,7 +627,7 @@ class MqttService:
                 raise TypeError(f"the handler returned {type(result).__name__}, not a dict")
             result = dict(result or {})
         except RequestFailed as err:
-            self._reply(item, req.id, error=str(err) or "failed")
+            self._reply(item, req.id, error=str(err) or "failed", reason=err.reason)
             return
         except Exception as err:
             log.exception("MQTT: handler failed on %s request %s", req.action, req.id)
@@ -665,8 +670,9 @@ class MqttService:
         error: str | None = None,
         result: dict[str, Any] | None = None,
         action: str | None = None,
+        reason: str | None = None,
     ) -> None:
-        data = _reply_bytes(request_id, error, result)
+        data = _reply_bytes(request_id, error, result, reason)
         name = action or self.topics.action_of(item.topic) or "unknown"
         topic = self.topics.reply(name)
         props = None
@@ -694,7 +700,12 @@ def _clean_text(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _reply_bytes(request_id: str | None, error: str | None, result: dict[str, Any] | None) -> bytes:
+def _reply_bytes(
+    request_id: str | None,
+    error: str | None,
+    result: dict[str, Any] | None,
+    reason: str | None = None,
+) -> bytes:
     """The reply's JSON; never raises, so every request is answered."""
     rid = _clean_text(request_id) if isinstance(request_id, str) else None
     try:
@@ -702,6 +713,7 @@ def _reply_bytes(request_id: str | None, error: str | None, result: dict[str, An
             id=rid,
             status="error" if error is not None else "ok",
             error=_clean_text(error)[:2000] if error is not None else None,
+            reason=reason if error is not None else None,
             result=result if error is None else None,
         )
         return reply.model_dump_json().encode()

@@ -203,6 +203,13 @@ class Reply(BaseModel):
     id: str | None = Field(..., description="The request's id; null when it had none.")
     status: Literal["ok", "error"] = Field(..., description="Whether the request was done.")
     error: str | None = Field(None, max_length=2000, description="Why not, readable.")
+    reason: str | None = Field(
+        None,
+        max_length=64,
+        description="Why not, machine-readable, where the door has a code for it: a refusal's "
+        "code (`expired`, `replayed`, …), `no_person` (a delete of someone not stored), an "
+        "enrollment refusal's code.",
+    )
     result: dict[str, Any] | None = Field(None, description="The action's result when ok.")
     time: float = Field(default_factory=time.time, description="Reply time (Unix seconds).")
 

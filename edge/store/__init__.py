@@ -14,13 +14,14 @@ are plaintext: person ids should therefore be opaque ids, not names.
 """
 
 from edge.store.keys import load_key
-from edge.store.records import PersonInfo, StoreError, StoreState, Template
+from edge.store.records import PersonInfo, PersonNotFound, StoreError, StoreState, Template
 from edge.store.schema import SCHEMA_VERSION
 from edge.store.store import Store
 
 __all__ = [
     "SCHEMA_VERSION",
     "PersonInfo",
+    "PersonNotFound",
     "Store",
     "StoreError",
     "StoreState",

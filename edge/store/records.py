@@ -10,6 +10,14 @@ import numpy as np
 class StoreError(RuntimeError):
     """The template store cannot do what was asked; the message names the file and the problem."""
 
+    reason: str | None = None  # machine-readable, where a requester may act on it
+
+
+class PersonNotFound(StoreError):
+    """The person is not in the store (a delete of someone already gone, for one)."""
+
+    reason = "no_person"
+
 
 @dataclass(eq=False)  # eq would compare arrays element-wise and fail on truth value
 class Template:

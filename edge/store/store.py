@@ -36,7 +36,7 @@ from edge.store.checks import (
 )
 from edge.store.content import Person, Row, content_hash, model_dims
 from edge.store.keys import load_key
-from edge.store.records import PersonInfo, StoreError, StoreState, Template
+from edge.store.records import PersonInfo, PersonNotFound, StoreError, StoreState, Template
 from edge.store.schema import SCHEMA_VERSION, TEMPLATE_COLUMNS, migrate, user_version
 from edge.store.sealing import Sealer
 
@@ -368,7 +368,7 @@ class Store:
         with self._lock:
             with self._transaction(f"delete {person_id}") as conn:
                 if person_id not in self._persons:
-                    raise StoreError(f"{self.path}: no person {person_id!r} in the store")
+                    raise PersonNotFound(f"{self.path}: no person {person_id!r} in the store")
                 conn.execute("DELETE FROM persons WHERE person_id = ?", (person_id,))  # cascades
                 persons = dict(self._persons)
                 del persons[person_id]
@@ -522,7 +522,7 @@ class Store:
         with self._lock:
             self._reading()
             if person_id not in self._persons:
-                raise StoreError(f"{self.path}: no person {person_id!r} in the store")
+                raise PersonNotFound(f"{self.path}: no person {person_id!r} in the store")
             return self._info(person_id)
 
     def _info(self, person_id: str) -> PersonInfo:
@@ -535,7 +535,7 @@ class Store:
         with self._lock:
             conn = self._reading()
             if person_id not in self._persons:
-                raise StoreError(f"{self.path}: no person {person_id!r} in the store")
+                raise PersonNotFound(f"{self.path}: no person {person_id!r} in the store")
             with self._sql(f"read templates of {person_id}"):
                 rows = conn.execute(
                     f"SELECT {TEMPLATE_COLUMNS}, crop FROM templates WHERE person_id = ? "
