@@ -252,10 +252,10 @@ def cmd_revoke(args: argparse.Namespace, cfg: FleetConfig) -> int:
     with _registry(cfg) as reg:
         if not reg.has_person(args.person):
             raise RegistryError(f"no person {args.person!r} in the registry")
-        groups = next(p["groups"] for p in reg.persons() if p["person_id"] == args.person)
 
         def change() -> None:
-            reg.update_person(args.person, remove_groups=groups)
+            # Every group in one write: one granted meanwhile by another admin goes too.
+            groups = reg.revoke_person(args.person)
             print(f"revoked {args.person} (was in {', '.join(groups) or 'no group'})")
 
         return _wait(cfg, reg, args.timeout, change=change)

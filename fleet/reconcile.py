@@ -521,8 +521,15 @@ class Fleet:
 
     def run(self, stop: Callable[[], bool], on_tick: Callable[[], None] | None = None) -> None:
         while not stop():
-            self.step()
+            pause = self.timing.reconcile_every_s
+            try:
+                self.step()
+            except Exception:
+                # The service outlives one bad pass (an unreadable row, a full disk): the next
+                # pass tries again, a little later so the journal is not flooded.
+                log.exception("fleet loop: this pass failed; trying again")
+                pause = max(pause, 5.0)
             if on_tick is not None:
                 on_tick()
-            time.sleep(self.timing.reconcile_every_s)
+            time.sleep(pause)
         self.flush(force=True)

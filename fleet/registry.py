@@ -25,7 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from edge.enroll import EnrollmentError, ReadyEmbedding, check_embeddings
+from edge.mqtt.messages import SyncPerson
+from edge.store import StoreError
+from edge.store.checks import check_name
 from edge.store.content import lp
 from fleet.schema import migrate
 
@@ -33,7 +38,6 @@ log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _BUSY_TIMEOUT_S = 30.0
-MAX_EMBEDDINGS = 50  # a door takes at most 50 embeddings per person (SyncPerson)
 KNOWN_HASHES_KEPT = 64  # per door
 
 
@@ -193,6 +197,7 @@ class Registry:
                     (person_id, data, now),
                 )
             self._join(c, person_id, groups)
+            self._check_person(c, person_id)
 
     def update_person(
         self,
@@ -230,6 +235,24 @@ class Registry:
                     (person_id, g),
                 )
             c.execute("UPDATE persons SET updated = ? WHERE person_id = ?", (now, person_id))
+            self._check_person(c, person_id)
+
+    def revoke_person(self, person_id: str) -> list[str]:
+        """Take the person out of every group in one write; returns the groups it was in."""
+        with self._write(f"revoke person {person_id}") as c:
+            if not self._one("SELECT 1 FROM persons WHERE person_id = ?", (person_id,)):
+                raise RegistryError(f"no person {person_id!r} in the registry")
+            groups = [
+                r[0]
+                for r in c.execute(
+                    "SELECT group_name FROM person_groups WHERE person_id = ? ORDER BY 1",
+                    (person_id,),
+                )
+            ]
+            c.execute("DELETE FROM person_groups WHERE person_id = ?", (person_id,))
+            now = time.time()
+            c.execute("UPDATE persons SET updated = ? WHERE person_id = ?", (now, person_id))
+        return groups
 
     def remove_person(self, person_id: str) -> None:
         with self._write(f"remove person {person_id}") as c:
@@ -245,22 +268,65 @@ class Registry:
     ) -> None:
         for e in embeddings:
             check_id(e.model_id, "model id")
-            v = np.asarray(e.vector, dtype="<f4").ravel()
-            if not (16 <= v.shape[0] <= 2048) or not np.all(np.isfinite(v)):
-                raise RegistryError(f"{person_id}: embeddings need 16–2048 finite values")
             c.execute(
                 "INSERT INTO embeddings (person_id, model_id, masked, vector, source)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (person_id, e.model_id, int(e.masked), v.tobytes(), source),
+                (
+                    person_id,
+                    e.model_id,
+                    int(e.masked),
+                    np.asarray(e.vector, dtype="<f4").ravel().tobytes(),
+                    source,
+                ),
             )
-        for model, n in c.execute(
-            "SELECT model_id, COUNT(*) FROM embeddings WHERE person_id = ? GROUP BY model_id",
+
+    def _check_person(self, c: sqlite3.Connection, person_id: str) -> None:
+        """Refuse, inside the write, a person some door would refuse: by the doors' own rules
+        (the request model, the store's name check, the embedding check), and one vector size
+        per model across the registry. A person no door takes would never confirm anywhere."""
+        name = self._one("SELECT name FROM persons WHERE person_id = ?", (person_id,))
+        by_model: dict[str, list[tuple[bool, np.ndarray]]] = {}
+        for model, masked, blob in c.execute(
+            "SELECT model_id, masked, vector FROM embeddings WHERE person_id = ?"
+            " ORDER BY embedding_id",
             (person_id,),
         ):
-            if n > MAX_EMBEDDINGS:
-                raise RegistryError(
-                    f"{person_id}: {n} embeddings of {model}; a door takes at most {MAX_EMBEDDINGS}"
+            by_model.setdefault(model, []).append((bool(masked), np.frombuffer(blob, "<f4")))
+        try:
+            check_name(name, person_id)
+            for model, rows in by_model.items():
+                sizes = {v.shape[0] for _, v in rows}
+                other = self._one(
+                    "SELECT length(vector) FROM embeddings WHERE model_id = ? AND person_id != ?"
+                    " LIMIT 1",
+                    (model, person_id),
                 )
+                if other:
+                    sizes.add(other // 4)
+                if len(sizes) > 1:
+                    raise RegistryError(
+                        f"{person_id}: {model} embeddings of {sorted(sizes)} values; "
+                        "one model makes one size"
+                    )
+                SyncPerson.model_validate(
+                    {
+                        "person_id": person_id,
+                        "name": name,
+                        "embeddings": [
+                            {"model_id": model, "masked": m, "vector": v.tolist()} for m, v in rows
+                        ],
+                    }
+                )
+                ready = [ReadyEmbedding(model, v, m) for m, v in rows]
+                check_embeddings(ready, model, sizes.pop())
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise RegistryError(
+                f"{person_id}: a door would refuse this person ({where}: {first['msg']})"
+            ) from None
+        except (StoreError, EnrollmentError) as err:
+            raise RegistryError(f"{person_id}: a door would refuse this person ({err})") from None
 
     def _join(self, c: sqlite3.Connection, person_id: str, groups: Iterable[str]) -> None:
         for g in groups:
@@ -489,8 +555,9 @@ class Registry:
         if person is not None:
             sql += " AND person = ?"
             args.append(person)
-        sql += " ORDER BY time LIMIT ?"
+        sql += " ORDER BY time DESC LIMIT ?"  # the newest `limit`, printed oldest first
         args.append(limit)
+        rows = self._conn.execute(sql, args).fetchall()
         return [
             {
                 "time": t,
@@ -500,5 +567,5 @@ class Registry:
                 "decision": dec,
                 "body": json.loads(b),
             }
-            for t, d, k, p, dec, b in self._conn.execute(sql, args)
+            for t, d, k, p, dec, b in reversed(rows)
         ]

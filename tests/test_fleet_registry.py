@@ -82,3 +82,58 @@ def test_expectations_follow_groups_and_models(tmp_path: Path) -> None:
         with pytest.raises(RegistryError, match="finite"):
             reg.add_person("nan", None, [], [StoredEmbedding("m1", False, np.full(128, np.nan))])
         assert not reg.has_person("nan")  # the failed add left nothing behind
+
+
+def test_people_no_door_would_take_are_refused_and_nothing_is_kept(tmp_path: Path) -> None:
+    """The doors' own rules, at the registry: a person a door refuses would never confirm
+    (and, before this check, stopped the fleet's loop computing the door's hash)."""
+    ok = [StoredEmbedding("m1", False, vec(1))]
+    with Registry(tmp_path / "fleet.db") as reg:
+        reg.add_person("ann", "Ann", ["staff"], ok)
+        reg.add_person("bo", None, ["staff"], [StoredEmbedding("m1", False, vec(9))])
+        rev = reg.revision()
+        cases = [
+            ("long", "x" * 300, ok, "name"),  # the request model takes 128 characters
+            ("ctl", "Bo\x07", ok, "control characters"),
+            ("zero", None, [StoredEmbedding("m1", False, np.zeros(128, "<f4"))], "all zeros"),
+            ("short", None, [StoredEmbedding("m1", False, vec(2)[:64])], r"\[64, 128\] values"),
+            ("many", None, [StoredEmbedding("m1", False, vec(i)) for i in range(51)], "50"),
+        ]
+        for pid, name, embs, why in cases:
+            with pytest.raises(RegistryError, match=why):
+                reg.add_person(pid, name, ["staff"], embs)
+            assert not reg.has_person(pid), pid
+        with pytest.raises(RegistryError, match="name"):
+            reg.update_person("ann", name="y" * 300)
+        mixed = [StoredEmbedding("m1", True, vec(3)[:100])]  # bo's m1 vectors have 128
+        with pytest.raises(RegistryError, match="one model makes one size"):
+            reg.update_person("ann", embeddings=mixed)
+        assert reg.revision() == rev  # every refused change was rolled back
+        assert [(p["person_id"], p["name"]) for p in reg.persons()] == [
+            ("ann", "Ann"),
+            ("bo", None),
+        ]
+
+
+def test_revoke_takes_every_group_in_one_write(tmp_path: Path) -> None:
+    with Registry(tmp_path / "fleet.db") as reg:
+        reg.add_person("ann", None, ["staff"], [StoredEmbedding("m1", False, vec(1))])
+        reg.update_person("ann", add_groups=["lab"])  # granted after an admin looked
+        rev = reg.revision()
+        assert reg.revoke_person("ann") == ["lab", "staff"]
+        assert reg.persons()[0]["groups"] == [] and reg.revision() == rev + 1
+        with pytest.raises(RegistryError, match="no person 'bob'"):
+            reg.revoke_person("bob")
+
+
+def test_events_are_the_newest_printed_oldest_first(tmp_path: Path) -> None:
+    with Registry(tmp_path / "fleet.db") as reg:
+        reg.add_door("front", "m1", ["staff"])
+        events = [
+            {"event_id": f"e{i}", "device_id": "front", "time": 1000.0 + i, "kind": "event",
+             "person": None, "decision": "deny", "body": {"i": i}}
+            for i in range(5)
+        ]  # fmt: skip
+        reg.record(events=events)
+        assert [e["body"]["i"] for e in reg.events(limit=3)] == [2, 3, 4]
+        assert [e["body"]["i"] for e in reg.events(since=1001.0)] == [1, 2, 3, 4]
