@@ -41,6 +41,7 @@ PersonId = Annotated[
         description="Stable person id: 1–64 of A-Z a-z 0-9 _ . -",
     ),
 ]
+MAX_EMBEDDINGS = 50  # per person in one enroll or sync request
 PersonName = Annotated[str | None, Field(max_length=128, description="Display name.")]
 
 
@@ -86,7 +87,7 @@ class EnrollPayload(_Request):
         description="Base64 photos (JPEG/PNG), each at most 2 MiB decoded.",
     )
     embeddings: list[Embedding] | None = Field(
-        None, min_length=1, max_length=50, description="Ready-made embeddings."
+        None, min_length=1, max_length=MAX_EMBEDDINGS, description="Ready-made embeddings."
     )
     replace: bool = Field(False, description="Overwrite an existing person of that id.")
 
@@ -109,7 +110,7 @@ class SyncPerson(_Request):
     person_id: PersonId
     name: PersonName = None
     embeddings: list[Embedding] = Field(
-        ..., min_length=1, max_length=50, description="This person's embeddings."
+        ..., min_length=1, max_length=MAX_EMBEDDINGS, description="This person's embeddings."
     )
 
 
