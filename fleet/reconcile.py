@@ -314,8 +314,17 @@ class Fleet:
         if live.confirmed_hash is not None:
             live.confirmed_hash, live.dirty = None, True  # it no longer holds what it should
         quiet = now - live.last_sent >= self._patience(live)
-        if quiet and live.known and live.hash not in live.known:
+        if quiet and self._never_asked(live):
             self._flag(live, now)
+
+    def _never_asked(self, live: DoorLive) -> bool:
+        """The door reports a set the fleet never asked it to hold. Checked against the
+        registry too before saying so: other fleet processes (`revoke`, `sync`) record the
+        sets they sent there."""
+        if not live.known or live.hash in live.known:
+            return False
+        live.known |= self.registry.known_hashes(live.device_id)
+        return live.hash not in live.known
 
     def _flag(self, live: DoorLive, now: float) -> None:
         why = (
@@ -351,7 +360,7 @@ class Fleet:
                 continue
             if not self.link.connected.is_set():
                 return n
-            if live.known and live.hash not in live.known:
+            if self._never_asked(live):
                 self._flag(live, now)
             ops, predicted = self._plan(live, exp)
             if ops[0][0] == "sync":

@@ -531,10 +531,13 @@ class Registry:
                     (device_id, h, now),
                 )
             for device_id in {d for d, _ in hashes}:
+                # The newest few, and always the set the door last reported: a door offline
+                # through many changes comes back holding it, and is behind, not tampered with.
                 c.execute(
                     "DELETE FROM door_hashes WHERE device_id = ? AND hash NOT IN (SELECT hash"
-                    " FROM door_hashes WHERE device_id = ? ORDER BY time DESC LIMIT ?)",
-                    (device_id, device_id, KNOWN_HASHES_KEPT),
+                    " FROM door_hashes WHERE device_id = ? ORDER BY time DESC LIMIT ?)"
+                    " AND hash IS NOT (SELECT state_hash FROM doors WHERE device_id = ?)",
+                    (device_id, device_id, KNOWN_HASHES_KEPT, device_id),
                 )
 
     def events(

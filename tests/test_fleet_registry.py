@@ -137,3 +137,20 @@ def test_events_are_the_newest_printed_oldest_first(tmp_path: Path) -> None:
         reg.record(events=events)
         assert [e["body"]["i"] for e in reg.events(limit=3)] == [2, 3, 4]
         assert [e["body"]["i"] for e in reg.events(since=1001.0)] == [1, 2, 3, 4]
+
+
+def test_the_set_a_door_last_reported_stays_known_through_many_changes(tmp_path: Path) -> None:
+    """A door offline while the fleet sent more sets than it keeps comes back holding the one
+    it last reported: known, so behind rather than flagged as tampered with."""
+    with Registry(tmp_path / "fleet.db") as reg:
+        reg.add_door("back", "m1", ["staff"])
+        reg.record(hashes=[("back", "h-held")])
+        state = {
+            "device_id": "back", "online": 1, "last_seen": 1.0, "version": 3, "hash": "h-held",
+            "count": 1, "state_time": 1.0, "confirmed_hash": "h-held", "confirmed_time": 1.0,
+            "flagged": None, "flagged_time": None, "last_event": None,
+        }  # fmt: skip
+        reg.record(states=[state])
+        reg.record(hashes=[("back", f"h{i}") for i in range(100)])
+        known = reg.known_hashes("back")
+        assert "h-held" in known and len(known) == 65, sorted(known)[:5]  # 64 newest + held
