@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.mqtt.signing import generate_keypair, load_private_key, public_key_b64
+from edge.store.keys import create_secret_file
 
 
 class KeyError_(RuntimeError):
@@ -20,12 +20,12 @@ def create_key(path: Path) -> tuple[str, bool]:
     if path.exists():
         return public_key_b64(load_key(path)), False
     pem, pub = generate_keypair()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        created = create_secret_file(path, pem)  # atomic: never a half-written key
+    except OSError as err:
+        raise KeyError_(f"{path}: cannot create the signing key: {err.strerror or err}") from None
+    if not created:  # another `init` won the race: keep its key
+        return public_key_b64(load_key(path)), False
     return pub, True
 
 

@@ -93,29 +93,38 @@ def _parse_key(data: bytes, where: str) -> bytes:
     )
 
 
+def create_secret_file(path: Path, data: bytes) -> bool:
+    """Write `data` as a new file readable by its owner only, atomically: False (and nothing
+    written) when the name exists already, so a racing process keeps the file that won.
+    Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)  # exact mode whatever the umask
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # link() fails if the name exists: a complete file appears at once, never half written.
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return True
+
+
 def _create_key_file(path: Path) -> bytes:
     key = secrets.token_bytes(KEY_BYTES)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o600)  # exact mode whatever the umask
-                f.write(key.hex().encode("ascii") + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            # link() fails if the name exists: a complete key appears atomically, never half
-            # written, and a racing process keeps the key that won.
-            os.link(tmp, path)
-        except FileExistsError:
-            log.info("key file %s appeared meanwhile; using it", path)
-            return _read_key_file(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        created = create_secret_file(path, key.hex().encode("ascii") + b"\n")
     except OSError as err:
         raise StoreError(f"{path}: cannot create key file: {err.strerror or err}") from None
+    if not created:
+        log.info("key file %s appeared meanwhile; using it", path)
+        return _read_key_file(path)
     log.warning(
         "created a new template key %s: back it up, the store is unreadable without it", path
     )
