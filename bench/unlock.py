@@ -37,13 +37,12 @@ from edge.config import Config, RelayConfig, load_config
 from edge.decide import Decider
 from edge.observe import judge_frame
 from edge.opener import DoorOpener
-from edge.pad import enroll_gallery
+from edge.pad import enroll_gallery, show_nobody
 from edge.pipeline import Pipeline
 from edge.relay import make_relay
 from edge.vision.facerender import camera
 
 # Blank frames between plays: the video-mode mesh stops tracking the previous visitor.
-_BLANK = np.zeros((64, 64, 3), np.uint8)
 
 
 @dataclass
@@ -127,9 +126,7 @@ def play(
                 now[0] += costs[-1]  # the door was busy with this frame
             # The grabber hands over the newest frame captured by now; older ones are gone.
             i = max(i + 1, int((now[0] - t0) * fps + 1e-9))
-        end = t0 + len(frames) / fps
-        for k in range(3):
-            judge_frame(pipe, decider, gallery, cfg.match, _BLANK, max(now[0], end) + k / fps)
+        show_nobody(pipe, decider, gallery, cfg.match, max(now[0], t0 + len(frames) / fps), fps)
     finally:
         opener.close()
         relay.lock()

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edge.capture.folder import IMAGE_SUFFIXES
-from edge.config import Config
+from edge.config import Config, MatchConfig
 from edge.decide import Decider
 from edge.enroll import Enroller, EnrollmentError, variants_from_config
 from edge.imageio import ImageError, read_image
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 LIVE = "live"
 # Blank frames between clips: the video-mode mesh stops tracking the previous clip's face.
-_BLANK = np.zeros((64, 64, 3), np.uint8)
+_EMPTY = np.zeros((64, 64, 3), np.uint8)  # a frame with nobody in it
 
 
 class ClipError(ValueError):
@@ -183,11 +183,17 @@ def run_clip(pipe: Pipeline, gallery: Gallery, cfg: Config, clip: Clip, t0: floa
                     res.time_to_unlock_s = round(t - (first_face or t), 3)
             else:
                 res.denials.append({**rec, "decision": d.decision, "reason": d.reason})
-    # Nobody in front of the camera for a moment: the mesh stops tracking this clip's face.
-    end = t0 + len(clip.frames) / clip.fps
-    for k in range(3):
-        judge_frame(pipe, decider, gallery, cfg.match, _BLANK, end + k / clip.fps)
+    show_nobody(pipe, decider, gallery, cfg.match, t0 + len(clip.frames) / clip.fps, clip.fps)
     return res
+
+
+def show_nobody(
+    pipe: Pipeline, decider: Decider, gallery: Gallery, match: MatchConfig, t: float, fps: float
+) -> None:
+    """Nobody in front of the camera for a moment from `t` (s): the mesh stops tracking the
+    last face and the decider's visit ends, as between two visitors."""
+    for k in range(3):
+        judge_frame(pipe, decider, gallery, match, _EMPTY, t + k / fps)
 
 
 def measure(

@@ -12,17 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from broker import Mosquitto, MqttProbe, have_mosquitto, wait_until
+from broker import Mosquitto, have_mosquitto, wait_until
+from running_door import RunningDoor, door_config, pulses, request
 
-from edge.config import Config, load_config, parse_config
-from edge.daemon import Door
 from edge.demo import ENROLL, PHOTOS, make_clip
 from edge.mqtt.signing import generate_keypair, sign_request
 from edge.relay.mock import state_file
@@ -31,66 +28,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="mosquitto is not installed")
 
 
-def door_config(tmp: Path, broker: Mosquitto, pub: str, camera: dict[str, Any]) -> Config:
-    base = load_config()
-    return parse_config(
-        {
-            "models": {"manifest": str(base.resolve(base.models.manifest))},
-            "match": base.match.model_dump(),
-            "camera": camera,
-            "mqtt": broker.mqtt_config().model_dump(mode="json")
-            | {"password": "door-pass", "device_id": broker.device_id},
-            "security": {"trusted_keys": [pub]},
-            "relay": {"type": "mock", "pulse_s": 1.0, "mock_log": "relay.jsonl"},
-            "decision": {"cooldown_s": 2.0},
-            "daemon": {"state_dir": str(tmp / "state")},
-        },
-        source="test config",
-    )
-
-
-def pulses(tmp: Path) -> list[dict[str, Any]]:
-    log = tmp / "state" / "relay.jsonl"
-    edges = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-    return [e for e in edges if e["level"] == 1]
-
-
-class RunningDoor:
-    def __init__(self, cfg: Config) -> None:
-        self.gate = threading.Event()
-        self.door = Door(cfg, exit_at_end=True, camera_gate=self.gate)
-        self.errors: list[BaseException] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.door.run()
-        except BaseException as err:
-            self.errors.append(err)
-
-    def __enter__(self) -> RunningDoor:
-        self.thread.start()
-        wait_until(lambda: self.door.ready.is_set() or not self.thread.is_alive(), 120, "ready")
-        assert not self.errors, self.errors
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.door.stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive()
-
-
 @pytest.fixture()
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     with Mosquitto(tmp_path / "broker", device_id="door1") as b:
         yield b
-
-
-def request(probe: MqttProbe, key: bytes, action: str, payload: dict, **kw: Any) -> dict:
-    topic = f"maskgate/door1/request/{action}"
-    env = sign_request(key, "door1", topic, payload, **kw)
-    probe.publish(topic, env)
-    return probe.wait_json(f"maskgate/door1/reply/{action}", "id", env["id"], timeout=60)
 
 
 def test_enroll_over_mqtt_then_unlock_masked_and_unmasked_never_a_stranger(

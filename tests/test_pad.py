@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from broker import Mosquitto, have_mosquitto
-from test_daemon import RunningDoor, door_config, pulses, request
+from running_door import RunningDoor, door_config, pulses, request
 
 from bench.pad_clips import ClipSpec, build, door_set, full_set, quick_set
 from edge.__main__ import main
