@@ -38,7 +38,7 @@ done
 COMMON=(--generate-hashes --custom-compile-command "scripts/lock.sh" --quiet "${UPGRADE[@]}"
         "${FIND_LINKS[@]}")
 "$UV" pip compile pyproject.toml --universal --python-version 3.10 "${COMMON[@]}" \
-    -o requirements/daemon.lock
+    -c requirements/lock-constraints.txt -o requirements/daemon.lock
 "$UV" pip compile pyproject.toml --extra dev --python-platform x86_64-manylinux_2_28 \
     --python-version 3.11 -c requirements/daemon.lock "${COMMON[@]}" -o requirements/dev.lock
 
