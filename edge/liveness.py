@@ -164,6 +164,7 @@ class LivenessTracker:
         self._steps: deque[tuple[float, float]] = deque()  # plane residual of each step
         self._recent: deque[tuple[float, _Frame]] = deque()  # the last blink_max_s
         self._closed_at: float | None = None
+        self._open_ref: _Frame | None = None  # the open frame the current closing is measured on
         self._closure = 1.0  # deepest closure of the current closing
         self._motion: deque[tuple[float, float]] = deque()  # parallax that passed
         self._blinks: deque[tuple[float, float]] = deque()  # deepest closure of whole blinks
@@ -214,8 +215,11 @@ class LivenessTracker:
         if not self._recent:
             return
         # Against the widest-open frame of the last blink_max_s: how open should the eyes be
-        # now, were they still open?
-        ref = max((f for _, f in self._recent), key=lambda f: f.ear)
+        # now, were they still open? While they are closed, against the frame they closed
+        # from: eyes kept shut past blink_max_s would otherwise "reopen" against a shut frame.
+        ref = self._open_ref if self._closed_at is not None else None
+        if ref is None:
+            ref = max((f for _, f in self._recent), key=lambda f: f.ear)
         closure, rigid = eye_closure(ref.mesh, frame.mesh)
         if rigid > self.cfg.blink_max_rigid:
             self._closed_at = None  # the face itself moved or bent: its eyes prove nothing
@@ -223,7 +227,7 @@ class LivenessTracker:
         self._eyes.append((frame.t, closure))
         if closure < self.cfg.blink_ratio:
             if self._closed_at is None:
-                self._closed_at, self._closure = frame.t, closure
+                self._closed_at, self._closure, self._open_ref = frame.t, closure, ref
             self._closure = min(self._closure, closure)
         elif closure >= self.cfg.blink_ratio + _REOPEN * (1.0 - self.cfg.blink_ratio):
             if self._closed_at is not None and frame.t - self._closed_at <= self.cfg.blink_max_s:
