@@ -86,6 +86,12 @@ class RuntimeConfig(_Strict):
 
 
 class LandmarksConfig(_Strict):
+    type: Literal["litert", "tasks"] = Field(
+        "litert",
+        description="Mesh backend: 'litert' runs the mesh model alone with LiteRT on a crop from "
+        "the detector or the previous frame (needs models.detector); 'tasks' runs MediaPipe's "
+        "Tasks FaceLandmarker graph with its own detector (edge/vision/landmarks.py).",
+    )
     max_faces: StrictInt = Field(
         3,
         ge=1,
@@ -94,7 +100,7 @@ class LandmarksConfig(_Strict):
         "stream tracks one, cross-checked by the detector).",
     )
     min_detection_confidence: StrictFloat = Field(
-        0.5, gt=0, lt=1, description="Face detector score floor."
+        0.5, gt=0, lt=1, description="The Tasks graph's face detector (BlazeFace) score floor."
     )
     min_presence_confidence: StrictFloat = Field(
         0.5, gt=0, lt=1, description="Mesh presence score floor."
@@ -583,6 +589,11 @@ class Config(_Strict):
             )
         if self.decision.lockout_max_s < self.decision.lockout_s:
             raise ValueError("decision.lockout_max_s must be at least decision.lockout_s")
+        if self.landmarks.type == "litert" and not self.models.detector:
+            raise ValueError(
+                "landmarks.type 'litert' finds new faces with models.detector: name one, or set "
+                "landmarks.type: tasks"
+            )
         return self
 
     def resolve(self, path: Path) -> Path:

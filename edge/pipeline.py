@@ -21,9 +21,11 @@ from edge.maskreuse import MaskReuse
 from edge.vision.align import align_face, mesh_box_crop
 from edge.vision.detector import YuNetDetector
 from edge.vision.embed import Embedder
-from edge.vision.landmarks import Landmarker
+from edge.vision.landmarks import MeshBackend
 from edge.vision.locate import CrossCheck, FaceLocation, locate
 from edge.vision.mask import MaskClassifier
+from edge.vision.mesh_litert import LiteRTMesh
+from edge.vision.mesh_tasks import TasksMesh
 from edge.vision.quality import FaceRejected, Quality, check_geometry, check_sharpness
 
 log = logging.getLogger(__name__)
@@ -60,8 +62,8 @@ class Pipeline:
     def __init__(self, cfg: Config, video: bool = False) -> None:
         self.cfg = cfg
         manifest = load_manifest(cfg.resolve(cfg.models.manifest))
-        lm_entry = manifest.get(cfg.models.landmarker, "landmarks")
-        self._task_file = verify(manifest, lm_entry)
+        self._mesh_entry = manifest.get(cfg.models.landmarker, "landmarks")
+        self._task_file = verify(manifest, self._mesh_entry)
         self.detector = None
         if cfg.models.detector:
             det_entry = manifest.get(cfg.models.detector, "detector")
@@ -101,7 +103,7 @@ class Pipeline:
         )
         # Still photos (enrollment while the door runs) get their own image-mode mesh, so they
         # never disturb the video-mode tracking of the camera stream.
-        self._still: Landmarker | None = None if video else self.landmarker
+        self._still: MeshBackend | None = None if video else self.landmarker
         self._still_lock = threading.Lock()
         try:
             self.landmarker.detect(np.zeros((64, 64, 3), np.uint8))  # warm-up
@@ -109,9 +111,17 @@ class Pipeline:
             self.landmarker.close()
             raise
 
-    def _make_landmarker(self, video: bool) -> Landmarker:
+    def _make_landmarker(self, video: bool) -> MeshBackend:
         lm = self.cfg.landmarks
-        return Landmarker(
+        if lm.type == "litert":
+            return LiteRTMesh(
+                self._task_file,
+                self._mesh_entry.input,
+                threads=self.cfg.runtime.threads,
+                min_presence_confidence=lm.min_presence_confidence,
+                video=video,
+            )
+        return TasksMesh(
             self._task_file,
             # The camera stream tracks one face (tracking skips the detector on later frames);
             # YuNet still sees every face, and locate() switches to a clearly larger one.

@@ -11,6 +11,7 @@ import io
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,11 @@ from mqtt_door import keys, make_door  # noqa: F401  (the door's MQTT service, t
 
 from edge.config import load_config
 from edge.imageio import read_image
+from edge.manifest import load_manifest, verify
 from edge.pipeline import FaceResult, Pipeline
+from edge.vision.detector import YuNetDetector
+from edge.vision.mesh_litert import LiteRTMesh
+from edge.vision.mesh_tasks import TasksMesh
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FETCH_SCRIPT = REPO_ROOT / "scripts" / "fetch_test_data.py"
@@ -73,6 +78,39 @@ def pipeline() -> Iterator[Pipeline]:
     p = Pipeline(load_config())
     yield p
     p.close()
+
+
+@pytest.fixture(scope="session")
+def tasks_pipeline() -> Iterator[Pipeline]:
+    """The pipeline on the Tasks mesh backend (landmarks.type: tasks)."""
+    cfg = load_config()
+    p = Pipeline(
+        cfg.model_copy(update={"landmarks": cfg.landmarks.model_copy(update={"type": "tasks"})})
+    )
+    yield p
+    p.close()
+
+
+@dataclass
+class Meshes:
+    """Both mesh backends on still photos, with the detector that seeds the LiteRT one."""
+
+    tasks: TasksMesh
+    litert: LiteRTMesh
+    detector: YuNetDetector
+
+
+@pytest.fixture(scope="session")
+def meshes() -> Iterator[Meshes]:
+    cfg = load_config()
+    manifest = load_manifest(cfg.resolve(cfg.models.manifest))
+    entry = manifest.get(cfg.models.landmarker, "landmarks")
+    task = verify(manifest, entry)
+    assert cfg.models.detector is not None
+    detector = YuNetDetector(verify(manifest, manifest.get(cfg.models.detector, "detector")))
+    tasks = TasksMesh(task, max_faces=cfg.landmarks.max_faces)
+    yield Meshes(tasks, LiteRTMesh(task, entry.input), detector)
+    tasks.close()
 
 
 @pytest.fixture(scope="session")

@@ -244,6 +244,7 @@ def test_doctor_passes_on_this_install() -> None:
     assert {c["check"] for c in out["checks"]} == {
         "models",
         "runtime",
+        "mesh",
         "pipeline",
         "camera",
         "broker",

@@ -44,7 +44,10 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
 VALID = {
     "empty mapping": {},
     "defaults spelled out": {"runtime": {"threads": 2, "providers": ["cpu"]}},
-    "detector disabled": {"models": {"detector": None}},
+    "detector disabled (the Tasks mesh finds faces itself)": {
+        "models": {"detector": None},
+        "landmarks": {"type": "tasks"},
+    },
     "v4l2 by index": {"camera": {"type": "v4l2", "device": 0, "fps": 30}},
     "v4l2 by path": {
         "camera": {"type": "v4l2", "device": "/dev/video2", "width": 640, "height": 480}

@@ -206,7 +206,7 @@ def test_synthetic_masked_probe_matches_enrolment(
 
 
 # The classifier's clear answers on the unmasked photos; see the xfail below for its misses.
-@pytest.mark.parametrize("name", [OBAMA, OBAMA2, OBAMA3, BIDEN, A1, IMP1, IMP2], ids=_short)
+@pytest.mark.parametrize("name", [OBAMA, OBAMA2, OBAMA3, BIDEN, A1, B2, IMP1, IMP2], ids=_short)
 def test_mask_classifier_says_unmasked(processed: Process, name: str) -> None:
     r = processed(name)
     assert not r.masked, f"{name}: P(masked) = {r.mask_prob:.3f}"
@@ -216,10 +216,11 @@ def test_mask_classifier_says_unmasked(processed: Process, name: str) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="known weakness of the mask_recognition weights (not of the code): close-up, "
-    "high-resolution unmasked faces of person_a_2 / person_b_2 get P(masked) ~0.9; "
-    "FACTS.md measured 83 % of unmasked mfr2-dev faces right",
+    "high-resolution unmasked faces of person_a_2 / person_b_1 get P(masked) 0.73 / 0.78 on "
+    "the LiteRT mesh's crop (the Tasks mesh's crop: person_a_2 / person_b_2 0.91 / 0.96, "
+    "person_b_1 0.49); FACTS.md measured 83 % of unmasked mfr2-dev faces right",
 )
-@pytest.mark.parametrize("name", [A2, B2], ids=_short)
+@pytest.mark.parametrize("name", [A2, B1], ids=_short)
 def test_mask_classifier_close_up_unmasked_known_miss(processed: Process, name: str) -> None:
     assert not processed(name).masked
 
@@ -314,12 +315,16 @@ def test_largest_of_two_faces_wins(
     canvas[20 : 20 + right.shape[0], w - 20 - right.shape[1] : w - 20] = right
 
     # Both faces are big enough to be found: the test is about choosing, not about missing one.
-    found = pipeline.landmarker.detect(canvas)
+    assert pipeline.detector is not None
+    found = pipeline.detector.detect(canvas)
     assert len(found) == 2, [f.box for f in found]
-    assert min(f.width for f in found) >= pipeline.cfg.quality.min_face_px
+    assert min(f.box[2] for f in found) >= pipeline.cfg.quality.min_face_px
 
     r = pipeline.process(canvas)
-    assert r.face.box == max((f.box for f in found), key=lambda b: b[2] * b[3])
+    assert r.face.faces_seen == 2
+    x, y, w, h = max((f.box for f in found), key=lambda b: b[2] * b[3])
+    cx, cy = r.face.box[0] + r.face.box[2] / 2, r.face.box[1] + r.face.box[3] / 2
+    assert x < cx < x + w and y < cy < y + h, (r.face.box, (x, y, w, h))
     to_big = cosine(r.embedding, processed(A2).embedding)
     to_small = cosine(r.embedding, processed(B1).embedding)
     assert to_big > MATCH.threshold_unmasked > to_small, (to_big, to_small)

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(run=run_validate)
 
-    p = sub.add_parser("doctor", help="check models, runtimes, camera and broker")
+    p = sub.add_parser("doctor", help="check models, runtimes, mesh backend, camera and broker")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run_doctor)
 
@@ -52,6 +52,19 @@ def _providers(cfg: Config) -> str:
     chosen = [p if isinstance(p, str) else p[0] for p in pick_providers(cfg.runtime)]
     available = ", ".join(ort.get_available_providers())
     return f"onnxruntime {ort.__version__}: using {chosen[0]} (available: {available})"
+
+
+def _mesh(cfg: Config) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    package = {"litert": "ai-edge-litert", "tasks": "mediapipe"}[cfg.landmarks.type]
+    try:
+        return f"landmarks.type {cfg.landmarks.type}: {package} {version(package)}"
+    except PackageNotFoundError:
+        raise RuntimeError(
+            f"landmarks.type {cfg.landmarks.type} needs {package}, which is not installed "
+            "(run ./install.sh)"
+        ) from None
 
 
 def _pipeline(cfg: Config) -> str:
@@ -96,6 +109,7 @@ def _broker(cfg: Config) -> str:
 CHECKS: tuple[tuple[str, Callable[[Config], str]], ...] = (
     ("models", _models),
     ("runtime", _providers),
+    ("mesh", _mesh),
     ("pipeline", _pipeline),
     ("camera", _camera),
     ("broker", _broker),

@@ -1,29 +1,28 @@
-"""Face mesh landmarks with MediaPipe's FaceLandmarker (Tasks API), largest face only.
+"""Face mesh landmarks: the face type every mesh backend returns, and the backend interface.
 
-Why the Tasks API: the legacy `mediapipe.solutions` FaceMesh is gone from mediapipe 0.10.30 on
-and pins numpy<2 / protobuf<5; the Tasks FaceLandmarker is maintained, runs on the same wheel on
-x86_64 and aarch64, gives the 478-point refined mesh (irises included) and a head-pose matrix,
-and measured 6.3 ms (video mode) / 7.6 ms (image mode) per 512² frame on the 2-core CPU, on a par
-with the legacy solution's 5.5–8 ms.
+Two backends run the same model (the 478-point attention mesh with irises from Google's
+FaceLandmarker bundle), chosen by `landmarks.type`:
+
+- `litert` (edge/vision/mesh_litert.py, the default): the mesh model alone through LiteRT, on a
+  crop found by the cross-check detector (YuNet) or by the previous frame's mesh;
+- `tasks` (edge/vision/mesh_tasks.py): MediaPipe's Tasks FaceLandmarker graph, with its own
+  BlazeFace detector.
 """
 
 from __future__ import annotations
 
-import importlib
-import logging
 import math
-import sys
-import types
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
-import cv2
 import numpy as np
 
-from edge.nativelog import quiet_native_logs
+if TYPE_CHECKING:
+    from edge.vision.detector import Detection
 
-log = logging.getLogger(__name__)
+# The detector's faces in the frame being meshed, computed at most once (edge/vision/locate.py).
+Seeds = Callable[[], "list[Detection]"]
 
 
 @dataclass(frozen=True)
@@ -44,9 +43,23 @@ class Face:
         return self.box[2]
 
 
-def _pose_from_matrix(m: np.ndarray) -> tuple[float, float, float]:
-    """Yaw, pitch, roll in degrees from MediaPipe's 4×4 face transformation matrix."""
-    r = m[:3, :3]
+class MeshBackend(Protocol):
+    """What locate() and the pipeline need of a landmark backend."""
+
+    video: bool  # tracks one face across frames (the camera stream) rather than still photos
+
+    def detect(
+        self, bgr: np.ndarray, timestamp_ms: int | None = None, seeds: Seeds | None = None
+    ) -> list[Face]:
+        """Faces found, largest first. `seeds`: the detector's faces in this frame, asked
+        for only if the backend needs them (a backend with its own detector ignores them)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def pose_from_rotation(r: np.ndarray) -> tuple[float, float, float]:
+    """Yaw, pitch, roll in degrees from a head rotation (MediaPipe's face geometry frame)."""
     sy = math.hypot(r[0, 0], r[1, 0])
     pitch = math.degrees(math.atan2(r[2, 1], r[2, 2]))
     yaw = math.degrees(math.atan2(-r[2, 0], sy))
@@ -54,150 +67,9 @@ def _pose_from_matrix(m: np.ndarray) -> tuple[float, float, float]:
     return yaw, pitch, roll
 
 
-class _Deferred(types.ModuleType):
-    """Stands in for a module while mediapipe imports; the real one loads on first use."""
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or sys.modules.get(self.__name__) is self:
-            raise AttributeError(name)  # still standing in (the import system probes)
-        return getattr(importlib.import_module(self.__name__), name)
-
-
-def import_tasks() -> tuple[Any, Any, Any]:
-    """(mediapipe, BaseOptions, tasks vision), without matplotlib.
-
-    mediapipe's vision package imports its drawing helpers, and they `matplotlib.pyplot`:
-    41 MB of resident memory for plots the door never draws. While mediapipe imports,
-    matplotlib is a stand-in that loads the real one if anything ever draws.
-    """
-    deferred = {}
-    if "matplotlib" not in sys.modules:
-        for name in ("matplotlib", "matplotlib.pyplot"):
-            sys.modules[name] = deferred[name] = _Deferred(name)
-        deferred["matplotlib"].pyplot = deferred["matplotlib.pyplot"]
-    try:
-        import mediapipe as mp
-        from mediapipe.tasks.python import BaseOptions, vision
-    finally:
-        for name, module in deferred.items():
-            if sys.modules.get(name) is module:
-                del sys.modules[name]
-    return mp, BaseOptions, vision
-
-
-class Landmarker:
-    """Wraps mediapipe's FaceLandmarker; `video=True` tracks across frames (faster, daemon)."""
-
-    def __init__(
-        self,
-        task_file: Path,
-        max_faces: int = 3,
-        min_detection_confidence: float = 0.5,
-        min_presence_confidence: float = 0.5,
-        video: bool = False,
-    ) -> None:
-        # Imported here: mediapipe is heavy and only the perception path needs it.
-        mp, BaseOptions, vision = import_tasks()
-
-        self._mp = mp
-        self.video = video
-        opts = vision.FaceLandmarkerOptions(
-            base_options=BaseOptions(model_asset_path=str(task_file)),
-            running_mode=vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE,
-            num_faces=max_faces,
-            min_face_detection_confidence=min_detection_confidence,
-            min_face_presence_confidence=min_presence_confidence,
-            min_tracking_confidence=0.5,
-            output_face_blendshapes=False,
-            output_facial_transformation_matrixes=True,
-        )
-        with quiet_native_logs():  # its graph prints INFO/WARNING lines from C++ as it loads
-            self._lm = vision.FaceLandmarker.create_from_options(opts)
-        self._last_ts = -1
-        # BlazeFace (short range) misses faces that fill the frame, often when masked; still
-        # images get retried with a border and mirrored (on mfr2-dev: 7/85 → 1/85 missed).
-        self.retries: tuple[tuple[float, bool], ...] = (
-            () if video else ((0.25, False), (0.5, False), (0.25, True), (0.5, True))
-        )
-
-    def close(self) -> None:
-        if self._lm is not None:
-            self._lm.close()
-            self._lm = None
-
-    def __enter__(self) -> Landmarker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def detect(self, bgr: np.ndarray, timestamp_ms: int | None = None) -> list[Face]:
-        """All faces found, largest first (retrying padded/mirrored views of still images)."""
-        faces = self._detect_once(bgr, timestamp_ms)
-        for pad, mirror in self.retries:
-            if faces:
-                break
-            h, w = bgr.shape[:2]
-            p = round(pad * max(h, w))
-            view = cv2.flip(bgr, 1) if mirror else bgr
-            view = cv2.copyMakeBorder(view, p, p, p, p, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-            faces = [_unview(f, p, w, h, mirror) for f in self._detect_once(view, None)]
-        return faces
-
-    def _detect_once(self, bgr: np.ndarray, timestamp_ms: int | None) -> list[Face]:
-        if self._lm is None:
-            raise RuntimeError("landmarker is closed")
-        h, w = bgr.shape[:2]
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=rgb)
-        if self.video:
-            # Video mode needs strictly increasing timestamps.
-            ts = timestamp_ms if timestamp_ms is not None else self._last_ts + 1
-            ts = max(ts, self._last_ts + 1)
-            self._last_ts = ts
-            res = self._lm.detect_for_video(image, ts)
-        else:
-            res = self._lm.detect(image)
-        faces = []
-        mats = res.facial_transformation_matrixes or []
-        for i, lms in enumerate(res.face_landmarks):
-            arr = np.array([(p.x, p.y, p.z) for p in lms], dtype=np.float32)
-            pts = arr[:, :2] * np.array([w, h], dtype=np.float32)
-            yaw, pitch, roll = (
-                _pose_from_matrix(np.asarray(mats[i])) if i < len(mats) else (0.0, 0.0, 0.0)
-            )
-            faces.append(
-                Face(
-                    points=pts,
-                    depth=arr[:, 2] * w,
-                    box=_box(pts, w, h),
-                    yaw=yaw,
-                    pitch=pitch,
-                    roll=roll,
-                )
-            )
-        faces.sort(key=lambda f: f.box[2] * f.box[3], reverse=True)
-        return faces
-
-
-def _box(points: np.ndarray, w: int, h: int) -> tuple[int, int, int, int]:
+def face_box(points: np.ndarray, w: int, h: int) -> tuple[int, int, int, int]:
+    """The points' bounding box (x, y, w, h), clipped to a w×h frame."""
     x0, y0 = np.floor(points.min(0)).astype(int)
     x1, y1 = np.ceil(points.max(0)).astype(int)
     x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     return int(x0), int(y0), int(max(x1 - x0, 0)), int(max(y1 - y0, 0))
-
-
-def _unview(face: Face, pad: int, w: int, h: int, mirrored: bool) -> Face:
-    """Map a face found on a padded (and maybe mirrored) view back to the original image."""
-    pts = face.points - pad
-    if mirrored:
-        pts[:, 0] = (w - 1) - pts[:, 0]
-    return Face(
-        points=pts,
-        depth=face.depth,
-        box=_box(pts, w, h),
-        yaw=-face.yaw if mirrored else face.yaw,
-        pitch=face.pitch,
-        roll=-face.roll if mirrored else face.roll,
-        mirrored=mirrored,
-    )

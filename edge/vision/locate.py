@@ -18,7 +18,7 @@ import numpy as np
 
 from edge.vision.align import five_points
 from edge.vision.detector import Detection, YuNetDetector
-from edge.vision.landmarks import Face, Landmarker
+from edge.vision.landmarks import Face, MeshBackend
 
 
 @dataclass(frozen=True)
@@ -111,9 +111,23 @@ class CrossCheck:
             self._since += 1
 
 
+class FrameDetections:
+    """The detector's faces in one frame, computed on the first ask only: the mesh may need
+    them to start a track (edge/vision/mesh_litert.py) and the cross-check to judge it."""
+
+    def __init__(self, detector: YuNetDetector | None, image: np.ndarray) -> None:
+        self._detector, self._image = detector, image
+        self.result: list[Detection] | None = None
+
+    def __call__(self) -> list[Detection]:
+        if self.result is None:
+            self.result = self._detector.detect(self._image) if self._detector else []
+        return self.result
+
+
 def locate(
     image: np.ndarray,
-    landmarker: Landmarker,
+    landmarker: MeshBackend,
     detector: YuNetDetector | None,
     max_disagreement: float,
     timestamp_ms: int | None = None,
@@ -121,9 +135,13 @@ def locate(
 ) -> FaceLocation | None:
     """The largest face, or None when neither model finds one. `cross`: the camera stream's
     schedule for the detector (None: it looks at every image)."""
-    faces = landmarker.detect(image, timestamp_ms)
-    checked = detector is not None and (cross is None or cross.due(faces, timestamp_ms))
-    dets = detector.detect(image) if checked else []
+    seeds = FrameDetections(detector, image)
+    faces = landmarker.detect(image, timestamp_ms, seeds)
+    # A detection the mesh already asked for is a check that costs nothing more.
+    checked = detector is not None and (
+        seeds.result is not None or cross is None or cross.due(faces, timestamp_ms)
+    )
+    dets = seeds() if checked else []
     seen = max(len(faces), len(dets))
     if not faces:
         if cross is not None:
