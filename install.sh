@@ -136,8 +136,9 @@ if [ "$SYSTEM" -eq 1 ]; then
     if [ ! -f /etc/maskgate/config.yaml ]; then
         TU=$(sed -n 's/^ *threshold_unmasked: *//p' config.yaml | head -1)
         TM=$(sed -n 's/^ *threshold_masked: *//p' config.yaml | head -1)
+        EM=$(sed -n 's/^ *embedder: *\([A-Za-z0-9_.-]*\).*/\1/p' config.yaml | head -1)
         sed -e "s#@ROOT@#$ROOT#g" -e "s#@THRESHOLD_UNMASKED@#$TU#" -e "s#@THRESHOLD_MASKED@#$TM#" \
-            systemd/config.yaml > /etc/maskgate/config.yaml
+            -e "s#@EMBEDDER@#$EM#" systemd/config.yaml > /etc/maskgate/config.yaml
         chown root:maskgate /etc/maskgate/config.yaml
         chmod 0640 /etc/maskgate/config.yaml
         echo "wrote /etc/maskgate/config.yaml (edit camera, relay and mqtt)"

@@ -1,12 +1,11 @@
-"""Issue 9's quantized-embedder experiment: static INT8 (QDQ, per-channel) of the shipped SFace
-graph, calibrated on aligned crops of the registry test photos (each also with one synthetic
-mask, seed 0), compared with the float graph it came from:
+"""Issue 9's quantized embedder beside the float one it came from: both provisioned graphs
+(`sface`, `sface_int8`: models/int8_pointwise.py from models/calibration/sface_int8.json),
+their embeddings' cosine on a photo folder's aligned crops and their latency, alternated:
 
-    python -m bench.quantize_sface --out /tmp/sface_int8.onnx [--eval ../shared/data/mfr2-dev]
+    python -m bench.quantize_sface [--eval ../shared/data/mfr2-dev] [--runs 200] [--threads 2]
 
-It prints the cosine to the float embedding on --eval's crops and both graphs' latency
-(alternated, 2 threads). Not shipped: on this CPU (AVX2, no VNNI) it was not faster than the
-float graph and lost 2 genuine pairs at FAR 1e-3 on mfr2-dev (README, "bench").
+TAR at FAR on the dev set comes from `python -m edge evaluate` with `models.embedder` set to
+each (README, "Speed").
 """
 
 from __future__ import annotations
@@ -18,95 +17,54 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.config import load_config
+from edge.config import RuntimeConfig, load_config
 from edge.imageio import read_image
-from edge.manifest import load_manifest, verify
+from edge.manifest import load_manifest
 from edge.pipeline import Pipeline
-from edge.vision.maskrender import NoMeshError, default_db, mask_face
-from edge.vision.onnx_session import to_tensor
+from edge.vision.embed import Embedder
 from edge.vision.quality import FaceRejected
-
-PHOTOS = Path(__file__).resolve().parent.parent / "tests" / ".data"
 
 
 def main(argv: list[str] | None = None) -> int:
-    import onnxruntime as ort
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, required=True, help="where to write the INT8 graph")
     ap.add_argument("--eval", type=Path, default=None, help="photo folder for the cosine check")
-    ap.add_argument("--percentile", type=float, default=99.99, help="calibration percentile")
+    ap.add_argument("--float", default="sface", help="float embedder id")
+    ap.add_argument("--int8", default="sface_int8", help="quantized embedder id")
+    ap.add_argument("--runs", type=int, default=200, help="timed runs of each")
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     args = ap.parse_args(argv)
     cfg = load_config()
     manifest = load_manifest(cfg.resolve(cfg.models.manifest))
-    src = verify(manifest, manifest.get(cfg.models.embedder, "embedder"))
-    cal: list[np.ndarray] = []
-    test: list[np.ndarray] = []
+    runtime = RuntimeConfig(providers=["cpu"], threads=args.threads)
+    models = {m: Embedder(manifest, manifest.get(m, "embedder"), runtime)
+              for m in (args.float, args.int8)}  # fmt: skip
+    crops = []
     with Pipeline(cfg) as pipe:
-        spec = pipe.embedder.entry.input
-        rng, db = np.random.default_rng(0), default_db()
-        for f in sorted(PHOTOS.glob("*/*.jpg")):
-            try:
-                image = read_image(f)
-                cal.append(to_tensor([pipe.process(image).aligned], spec))
-                masked = mask_face(pipe, image, rng, db=db)[0]
-                cal.append(to_tensor([pipe.process(masked).aligned], spec))
-            except (FaceRejected, NoMeshError):
-                continue
         for f in sorted(args.eval.glob("*/*")) if args.eval else []:
             try:
-                test.append(to_tensor([pipe.process(read_image(f)).aligned], spec))
+                crops.append(pipe.process(read_image(f)).aligned)
             except (FaceRejected, ValueError):
                 continue
-    name = pipe.embedder.entry.input.name or "data"
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(cal)
-
-        def get_next(self) -> dict | None:
-            x = next(self.it, None)
-            return None if x is None else {name: x}
-
-    quantize_static(
-        str(src),
-        str(args.out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.Percentile,
-        extra_options={"CalibPercentile": args.percentile},
-    )
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    f32 = ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-    i8 = ort.InferenceSession(str(args.out), so, providers=["CPUExecutionProvider"])
-    print(f"{len(cal)} calibration crops; {args.out} {args.out.stat().st_size / 1e6:.1f} MB")
-    if test:
-        cos = []
-        for x in test:
-            a, b = (s.run(None, {name: x})[0].ravel() for s in (f32, i8))
-            cos.append(float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)))
-        print(f"cosine to float on {len(test)} crops: min {min(cos):.3f}, mean {np.mean(cos):.3f}")
-    x = cal[0]
-    times: dict[str, list[float]] = {"float": [], "int8": []}
-    for k in range(100):
-        for label, s in (("float", f32), ("int8", i8)) if k % 2 else (("int8", i8), ("float", f32)):
+    if crops:
+        a, b = (np.concatenate([e.embed([c]) for c in crops]) for e in models.values())
+        cos = (a * b).sum(axis=1)
+        print(
+            f"cosine {args.int8} to {args.float} on {len(crops)} crops of {args.eval}: "
+            f"min {cos.min():.4f}, mean {cos.mean():.4f}"
+        )
+    crop = crops[0] if crops else np.full((112, 112, 3), 128, np.uint8)
+    times: dict[str, list[float]] = {m: [] for m in models}
+    for k in range(args.runs + 10):
+        for m in models if k % 2 else reversed(list(models)):
             t0 = time.perf_counter()
-            s.run(None, {name: x})
-            times[label].append((time.perf_counter() - t0) * 1e3)
-    f50, i50 = (float(np.median(times[k])) for k in ("float", "int8"))
-    print(f"p50 float {f50:.2f} ms, int8 {i50:.2f} ms (int8 / float {i50 / f50:.2f})")
+            models[m].embed([crop])
+            if k >= 10:  # warm-up first
+                times[m].append((time.perf_counter() - t0) * 1e3)
+    f50, i50 = (float(np.median(times[m])) for m in models)
+    print(
+        f"p50 {args.float} {f50:.2f} ms, {args.int8} {i50:.2f} ms "
+        f"({args.int8} / {args.float} {i50 / f50:.2f}; {args.threads} threads, alternated)"
+    )
     return 0
 
 

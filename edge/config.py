@@ -56,7 +56,13 @@ class ModelsConfig(_Strict):
         description="Manifest id of the second face detector that cross-checks the mesh; "
         "null disables it.",
     )
-    embedder: str = Field("sface", min_length=1, description="Manifest id of the face embedder.")
+    # Not the shipped config.yaml's sface_int8: a config that names no embedder was written
+    # for the float graph, and its thresholds belong to that graph.
+    embedder: str = Field(
+        "sface",
+        min_length=1,
+        description="Manifest id of the face embedder (match thresholds belong to one embedder).",
+    )
     mask_classifier: str = Field(
         "mask_mobilenetv2",
         min_length=1,

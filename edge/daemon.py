@@ -29,7 +29,7 @@ from edge.relay import Relay, make_relay
 from edge.request_handlers import RequestHandlers
 from edge.store import Store
 from edge.systemd import notify, watchdog_interval_s
-from edge.templates import Templates
+from edge.templates import Templates, adopt_embedder
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,9 @@ class Door:
             self.mqtt = MqttService(
                 cfg.mqtt, cfg.security, state_dir, self._handle, resolve=cfg.resolve
             )
+        # An embedder change must not lock out the people enrolled under the old one.
+        embedder = self.pipeline.embedder
+        adopt_embedder(self.store, self.pipeline.model_id, lambda crop: embedder.embed([crop])[0])
         self.templates = Templates(
             self.store,
             self.pipeline.model_id,

@@ -54,7 +54,9 @@ class OutputSpec(_Strict):
 
 
 # Provisioning steps (models/provision.py), each a recorded, deterministic conversion.
-Transform = Literal["copy", "fold_int8_blocks", "prelu_as_relu", "convert_mask_classifier"]
+Transform = Literal[
+    "copy", "fold_int8_blocks", "prelu_as_relu", "int8_pointwise", "convert_mask_classifier"
+]
 
 
 class PackageOrigin(_Strict):

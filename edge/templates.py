@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from edge.match import Gallery
 from edge.store import Store, StoreState
 
@@ -25,6 +27,31 @@ def state_dict(state: StoreState, model_id: str) -> dict[str, Any]:
         "count": state.persons,
         "model_id": model_id,
     }
+
+
+def adopt_embedder(store: Store, model_id: str, embed: Callable[[np.ndarray], np.ndarray]) -> int:
+    """After an embedder change: this model's templates from the stored crops, so the people
+    enrolled under the old model are still let in (their old templates stay, unused).
+
+    Returns how many templates were added; warns about people it could not cover (no crops
+    kept, or enrolled from a server's ready embeddings), who must be enrolled again."""
+    state = store.state()
+    if all(m == model_id for m in state.model_ids):
+        return 0
+    added = store.reembed(model_id, embed)
+    if added:
+        log.warning(
+            "the embedder is now %s: re-embedded %d stored face crops for it", model_id, added
+        )
+    missing = state.persons - store.state(model_id).persons
+    if missing:
+        log.warning(
+            "%d enrolled people have no %s template (no stored crop to re-embed): enroll them "
+            "again, or go back to the embedder they were enrolled with (models.embedder)",
+            missing,
+            model_id,
+        )
+    return added
 
 
 class Templates:

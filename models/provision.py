@@ -73,6 +73,13 @@ def _step(entry: ModelEntry, kind: str, data: bytes) -> bytes:
         from models.prelu_as_relu import rewrite
 
         return rewrite(data)  # ONNX Runtime >= 1.27 runs PRelu ~10x slower than Relu
+    if kind == "int8_pointwise":
+        from models.int8_pointwise import load_calibration, quantize
+
+        try:  # the ranges recorded by models/calibrate_int8.py for this entry
+            return quantize(data, load_calibration(entry.id))
+        except ValueError as err:
+            raise ManifestError(f"model {entry.id!r}: {err}") from None
     if kind == "convert_mask_classifier":
         from models.mask_onnx import convert
 

@@ -19,7 +19,8 @@ def door_config(tmp: Path, broker: Mosquitto, pub: str, camera: dict[str, Any]) 
     base = load_config()
     return parse_config(
         {
-            "models": {"manifest": str(base.resolve(base.models.manifest))},
+            "models": base.models.model_dump(mode="json")
+            | {"manifest": str(base.resolve(base.models.manifest))},
             "match": base.match.model_dump(),
             "camera": camera,
             "mqtt": broker.mqtt_config().model_dump(mode="json")

@@ -220,9 +220,10 @@ def test_bench_profiles_each_model_on_one_core(test_data: Path) -> None:
     out = json.loads(cli(*args, "--profile", "--threads", "1", "--json").stdout)
     assert out["threads"] == 1 and out["cpu_percent"] <= 105  # confined to one core
     emb, mask = out["profile"]["embedder"], out["profile"]["mask"]
-    assert emb["model"] == "sface" and mask["model"] == "mask_mobilenetv2"
+    assert emb["model"] == "sface_int8" and mask["model"] == "mask_mobilenetv2"
     ops = {row["op"]: row for row in emb["operators"]}
     assert "Conv" in ops and "PRelu" not in ops  # the shipped SFace is rewritten
+    assert "QLinearConv" in ops and "QGemm" in ops  # its INT8 nodes run as integer kernels
     assert emb["runs"] >= 6 and emb["ms_per_run"] > 0
     assert abs(sum(r["share"] for r in emb["operators"]) - 1) < 0.2  # the top 8 are most of it
     bad = cli(*args, "--threads", "99", check=False)

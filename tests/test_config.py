@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -286,3 +287,23 @@ def test_non_utf8_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_default_config_is_in_the_project_root() -> None:
     assert DEFAULT_CONFIG == PROJECT_ROOT / "config.yaml"
+
+
+def test_the_service_config_install_writes_keeps_the_embedder_and_its_thresholds(
+    tmp_path: Path,
+) -> None:
+    """install.sh --system renders systemd/config.yaml with config.yaml's embedder and the
+    thresholds chosen for it (its own lines, run here with /etc replaced by a temp folder)."""
+    root = Path(__file__).resolve().parent.parent
+    script = (root / "install.sh").read_text()
+    start = script.index("if [ ! -f /etc/maskgate/config.yaml ]; then")
+    lines = script[start:].splitlines()[1:]
+    render = "\n".join(lines[: next(i for i, x in enumerate(lines) if "chown" in x)])
+    out = tmp_path / "config.yaml"
+    render = f'ROOT="{root}"\n' + render.replace("/etc/maskgate/config.yaml", str(out))
+    subprocess.run(["bash", "-euc", render], cwd=root, check=True)
+    service = load_config(out)
+    shipped = load_config(root / "config.yaml")
+    assert service.models.embedder == shipped.models.embedder == "sface_int8"
+    assert service.match == shipped.match
+    assert service.resolve(service.models.manifest) == root / "models" / "manifest.yaml"

