@@ -145,6 +145,7 @@ def quantize(model_bytes: bytes, calibration: dict[str, Any]) -> bytes:
 
     graph_outputs = {o.name for o in graph.output}
     selected = [by_name[name] for name in calibration["nodes"]]
+    quantized_out: dict[str, str] = {}  # a quantized node's output -> its DQ, for its readers
     for node in selected:  # outputs first: a quantized node may feed another directly
         if node.op_type not in ("Conv", "Gemm"):
             raise ValueError(
@@ -155,6 +156,7 @@ def quantize(model_bytes: bytes, calibration: dict[str, Any]) -> bytes:
         if node.op_type == "Conv" and y not in graph_outputs:
             node.output[0] = f"{y}/float"
             after[node.name] = qdq(y, node.output[0])
+            quantized_out[y] = dequantized[y][0]
     for node in selected:
         if node.op_type == "Gemm":
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
@@ -185,10 +187,7 @@ def quantize(model_bytes: bytes, calibration: dict[str, Any]) -> bytes:
         nodes += before.get(node.name, [])
         nodes.append(node)
         nodes += after.get(node.name, [])
-    quantized_out = {y: dq for y, (dq, _) in dequantized.items() if y not in graph_outputs}
-    for node in nodes:  # every other reader of a quantized node's output reads its DQ
-        if node.op_type == "QuantizeLinear":
-            continue
+    for node in nodes:  # every reader of a quantized node's output reads its DQ
         for i, name in enumerate(node.input):
             if name in quantized_out:
                 node.input[i] = quantized_out[name]
