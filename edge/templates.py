@@ -35,15 +35,15 @@ def adopt_embedder(store: Store, model_id: str, embed: Callable[[np.ndarray], np
 
     Returns how many templates were added; warns about people it could not cover (no crops
     kept, or enrolled from a server's ready embeddings), who must be enrolled again."""
-    state = store.state()
-    if all(m == model_id for m in state.model_ids):
+    everyone = store.state().persons
+    if store.state(model_id).persons == everyone:  # the usual start: no crop is read
         return 0
     added = store.reembed(model_id, embed)
     if added:
         log.warning(
             "the embedder is now %s: re-embedded %d stored face crops for it", model_id, added
         )
-    missing = state.persons - store.state(model_id).persons
+    missing = everyone - store.state(model_id).persons
     if missing:
         log.warning(
             "%d enrolled people have no %s template (no stored crop to re-embed): enroll them "

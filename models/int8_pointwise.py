@@ -15,8 +15,8 @@ named stays in float: SFace's early, wide layers (most of its activation volume,
 arithmetic) and its PRelu nodes, where the pattern would cost more than it saves (issue 9).
 
 `weight_max` 63 (7-bit weights) because x86 CPUs without VNNI multiply uint8 by int8 with a
-16-bit intermediate that saturates with full 8-bit weights (255 · 127 · 2 > 32767): the same
-graph then gives the same embeddings on every x86 CPU and on ARM.
+16-bit intermediate that can saturate with full 8-bit weights (255 · 127 · 2 > 32767); with
+7 bits it cannot (measured here only on AVX-512 VNNI).
 """
 
 from __future__ import annotations
